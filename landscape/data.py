@@ -1,0 +1,527 @@
+"""Datasets resident on the device as tensors, and seeded on-device augmentation.
+
+Every dataset is loaded once into two :class:`Split` objects whose ``x`` is float32,
+normalized and already on the target device, so training and landscape evaluation are
+plain tensor indexing (``split.x[idx]``) with no DataLoader and no per-sample Python.
+
+* ``mnist1d`` (the default) is generated offline with ``mnist1d.data.make_dataset`` and
+  cached as ``.npz`` under ``platformdirs.user_cache_dir("landscape")/mnist1d/`` (or
+  ``$LANDSCAPE_CACHE_DIR/mnist1d/``). It never downloads anything.
+* ``cifar10``, ``cifar100``, ``svhn``, ``mnist`` and ``fashion-mnist`` are read by
+  ``torchvision.datasets`` from ``data_dir`` with ``download=False``.
+
+Randomness (augmentation offsets and flips, epoch shuffles, subsets) is always drawn from
+CPU ``torch.Generator`` objects, so results are identical on every device and the
+generator state is trivial to save for resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.metadata
+import os
+import random
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from landscape.errors import UserError
+
+__all__ = [
+    "AUGMENTATIONS",
+    "DATASET_NAMES",
+    "Dataset",
+    "Split",
+    "augment",
+    "batch_indices",
+    "load_dataset",
+]
+
+DATASET_NAMES: list[str] = ["mnist1d", "cifar10", "cifar100", "svhn", "mnist", "fashion-mnist"]
+AUGMENTATIONS: tuple[str, ...] = ("none", "crop", "crop+flip")
+CROP_PADDING = 4
+
+# Bump when the cached mnist1d array layout changes; part of the cache key.
+_MNIST1D_CACHE_VERSION = 1
+
+
+# --------------------------------------------------------------------------- containers
+
+
+@dataclass
+class Split:
+    """One split held as tensors: ``x`` float32 normalized, ``y`` int64, both on one device."""
+
+    x: torch.Tensor  # (N, C, L) for 1-D signals, (N, C, H, W) for images
+    y: torch.Tensor  # (N,)
+
+    def __post_init__(self) -> None:
+        if self.x.shape[0] != self.y.shape[0]:
+            raise ValueError(f"Split: x has {self.x.shape[0]} samples but y has {self.y.shape[0]}")
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
+
+    def to(self, device: Any) -> Split:
+        dev = _as_device(device)
+        return Split(self.x.to(dev), self.y.to(dev))
+
+    def subset(self, n: int, seed: int) -> Split:
+        """A fixed subset of ``n`` samples: ``randperm(len, Generator(seed))[:n]``, sorted.
+
+        The same (n, seed) always selects the same samples, on any device.
+        """
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+            raise UserError(f"subset size must be an integer, got {n!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise UserError(f"subset seed must be an integer, got {seed!r}")
+        n = int(n)
+        if n < 1 or n > len(self):
+            raise UserError(f"subset size must be between 1 and {len(self)} (the split's size), got {n}")
+        gen = torch.Generator().manual_seed(int(seed))
+        idx = torch.randperm(len(self), generator=gen)[:n].sort().values.to(self.x.device)
+        return Split(self.x[idx], self.y[idx])
+
+
+@dataclass
+class Dataset:
+    """A loaded dataset. ``spec`` (plus ``data_dir``/``device``) reproduces it via ``load_dataset(**spec)``."""
+
+    name: str
+    train: Split
+    test: Split
+    num_classes: int
+    input_shape: tuple[int, ...]  # per-sample shape, e.g. (1, 40) or (3, 32, 32)
+    augmentation: str  # "none" | "crop" | "crop+flip"
+    spec: dict  # {"name": ..., **options}; JSON-able; stored in checkpoints
+    # Per-channel statistics used to normalize x = (raw - mean) / std, in raw units
+    # (pixel/255 for images, the generator's units for mnist1d). Undo with x * std + mean.
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+
+    @property
+    def device(self) -> torch.device:
+        return self.train.x.device
+
+    def to(self, device: Any) -> Dataset:
+        dev = _as_device(device)
+        return dataclasses.replace(self, train=self.train.to(dev), test=self.test.to(dev))
+
+
+# --------------------------------------------------------------------------- public loader
+
+
+def load_dataset(
+    name: str = "mnist1d",
+    data_dir: str | Path | None = None,
+    device: Any = "cpu",
+    **options: Any,
+) -> Dataset:
+    """Load a dataset by name onto ``device``.
+
+    Options: ``mnist1d`` takes ``num_train`` (4000), ``num_test`` (1000), ``seed`` (42) and
+    ``augment`` ("none" only). The image datasets take ``augment`` (None = the dataset's
+    default: "crop+flip" for CIFAR, "crop" for SVHN, "none" for MNIST/Fashion-MNIST).
+    ``data_dir`` is required for the image datasets and ignored by mnist1d.
+    """
+    canonical = _canonical_name(name)
+    dev = _as_device(device)
+    if canonical == "mnist1d":
+        return _load_mnist1d(dev, **options)
+    return _load_image_dataset(canonical, data_dir, dev, **options)
+
+
+def _canonical_name(name: Any) -> str:
+    if not isinstance(name, str):
+        raise UserError(f"dataset name must be a string, got {name!r}")
+    key = name.strip().lower().replace("_", "-")
+    aliases = {"fashionmnist": "fashion-mnist", "fmnist": "fashion-mnist", "cifar-10": "cifar10",
+               "cifar-100": "cifar100", "mnist-1d": "mnist1d"}
+    key = aliases.get(key, key)
+    if key not in DATASET_NAMES:
+        close = difflib.get_close_matches(key, DATASET_NAMES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UserError(f"unknown dataset {name!r}{hint}; choose one of: {', '.join(DATASET_NAMES)}")
+    return key
+
+
+def _as_device(device: Any) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise UserError(f"unknown device {device!r}; use e.g. 'cpu', 'cuda' or 'cuda:0'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {str(dev)!r} requested but CUDA is not available on this machine")
+    return dev
+
+
+def _check_options(dataset: str, options: dict, allowed: dict) -> dict:
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise UserError(
+            f"unknown option{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for dataset "
+            f"{dataset!r}; valid options: {', '.join(allowed) if allowed else '(none)'}"
+        )
+    return {**allowed, **options}
+
+
+def _int_option(dataset: str, key: str, value: Any, lo: int, hi: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise UserError(f"option {key} for {dataset} must be an integer, got {value!r}")
+    value = int(value)
+    if value < lo or (hi is not None and value > hi):
+        bound = f">= {lo}" if hi is None else f"between {lo} and {hi}"
+        raise UserError(f"option {key} for {dataset} must be {bound}, got {value}")
+    return value
+
+
+def _augment_option(dataset: str, value: Any, default: str, allowed: tuple[str, ...] = AUGMENTATIONS) -> str:
+    if value is None:
+        return default
+    if not isinstance(value, str) or value not in allowed:
+        if allowed == ("none",):
+            raise UserError(f"{dataset} supports only augment='none' (crop and flip need images), got {value!r}")
+        raise UserError(f"option augment for {dataset} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------- mnist1d
+
+
+def cache_root() -> Path:
+    """Cache root: ``$LANDSCAPE_CACHE_DIR`` if set, else ``platformdirs.user_cache_dir("landscape")``."""
+    env = os.environ.get("LANDSCAPE_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("landscape"))
+
+
+def _mnist1d_version() -> str:
+    try:
+        return importlib.metadata.version("mnist1d")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def mnist1d_cache_path(num_train: int, num_test: int, seed: int) -> Path:
+    key = f"train{num_train}-test{num_test}-seed{seed}-mnist1d{_mnist1d_version()}-v{_MNIST1D_CACHE_VERSION}"
+    return cache_root() / "mnist1d" / f"{key}.npz"
+
+
+def _generate_mnist1d(num_train: int, num_test: int, seed: int) -> dict[str, np.ndarray]:
+    """Generate mnist1d with the package's default args (never its download path).
+
+    ``make_dataset`` draws ``num_samples // 10`` samples per class, shuffles and then cuts
+    at ``int(num_samples * train_split)``. We ask for ``num_train + num_test`` rounded up
+    to a multiple of 10 and cut ourselves (exact, no float rounding): for the defaults
+    (4000 + 1000, seed 42) this is exactly mnist1d's standard 4000/1000 split. It seeds
+    numpy's and Python's *global* RNGs; we restore both afterwards.
+    """
+    try:
+        from mnist1d.data import get_dataset_args, make_dataset
+    except ImportError as exc:  # pragma: no cover - dependency of the package
+        raise UserError(f"the mnist1d package is needed to generate mnist1d ({exc}); pip install mnist1d") from None
+
+    total = num_train + num_test
+    args = get_dataset_args()
+    args.num_samples = -(-total // 10) * 10
+    args.train_split = 1.0
+    args.seed = seed
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        raw = make_dataset(args)
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+    xs = np.asarray(raw["x"], dtype=np.float32)
+    ys = np.asarray(raw["y"], dtype=np.int64)
+    return {
+        "x_train": xs[:num_train], "y_train": ys[:num_train],
+        "x_test": xs[num_train:total], "y_test": ys[num_train:total],
+    }
+
+
+def _read_mnist1d_cache(path: Path, num_train: int, num_test: int) -> dict[str, np.ndarray] | None:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # corrupt / truncated / foreign file: regenerate
+        warnings.warn(f"ignoring unreadable mnist1d cache {path} ({exc}); regenerating", stacklevel=3)
+        return None
+    if arrays["x_train"].shape != (num_train, 40) or arrays["x_test"].shape != (num_test, 40):
+        warnings.warn(f"ignoring mnist1d cache {path} with unexpected shapes; regenerating", stacklevel=3)
+        return None
+    return arrays
+
+
+def _write_atomic_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        warnings.warn(f"cannot write mnist1d cache in {path.parent} ({exc}); continuing without cache", stacklevel=3)
+        return
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            warnings.warn(f"cannot write mnist1d cache {path} ({exc}); continuing without cache", stacklevel=3)
+            return
+        raise
+
+
+def _load_mnist1d(device: torch.device, **options: Any) -> Dataset:
+    opts = _check_options("mnist1d", options, {"num_train": 4000, "num_test": 1000, "seed": 42, "augment": None})
+    num_train = _int_option("mnist1d", "num_train", opts["num_train"], 1)
+    num_test = _int_option("mnist1d", "num_test", opts["num_test"], 1)
+    seed = _int_option("mnist1d", "seed", opts["seed"], 0, 2**32 - 1)
+    aug = _augment_option("mnist1d", opts["augment"], "none", allowed=("none",))
+
+    path = mnist1d_cache_path(num_train, num_test, seed)
+    arrays = _read_mnist1d_cache(path, num_train, num_test)
+    if arrays is None:
+        arrays = _generate_mnist1d(num_train, num_test, seed)
+        _write_atomic_npz(path, arrays)
+
+    x_train = arrays["x_train"].astype(np.float64)
+    mean = float(x_train.mean())
+    std = float(x_train.std()) or 1.0
+
+    def split(x: np.ndarray, y: np.ndarray) -> Split:
+        xs = ((x.astype(np.float64) - mean) / std).astype(np.float32)[:, None, :]  # (N, 1, 40)
+        return Split(torch.from_numpy(xs).to(device), torch.from_numpy(y.astype(np.int64)).to(device))
+
+    train = split(arrays["x_train"], arrays["y_train"])
+    test = split(arrays["x_test"], arrays["y_test"])
+    spec = {"name": "mnist1d", "num_train": num_train, "num_test": num_test, "seed": seed, "augment": aug}
+    return Dataset("mnist1d", train, test, 10, tuple(train.x.shape[1:]), aug, spec, (mean,), (std,))
+
+
+# --------------------------------------------------------------------------- torchvision images
+
+
+@dataclass(frozen=True)
+class _ImageInfo:
+    display: str
+    cls: str  # torchvision.datasets class name
+    num_classes: int
+    augment: str  # default augmentation
+    folder: str  # sub-folder of data_dir torchvision reads from ("" = data_dir itself)
+    files: tuple[str, ...]  # files torchvision needs, relative to data_dir/folder
+    download: str  # how to get it, with {root} for the directory
+
+
+_MNIST_RAW = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+_IMAGES: dict[str, _ImageInfo] = {
+    "cifar10": _ImageInfo(
+        "CIFAR-10", "CIFAR10", 10, "crop+flip", "cifar-10-batches-py",
+        tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch", "batches.meta"),
+        "torchvision.datasets.CIFAR10({root!r}, download=True)"),
+    "cifar100": _ImageInfo(
+        "CIFAR-100", "CIFAR100", 100, "crop+flip", "cifar-100-python", ("train", "test", "meta"),
+        "torchvision.datasets.CIFAR100({root!r}, download=True)"),
+    "svhn": _ImageInfo(
+        "SVHN", "SVHN", 10, "crop", "", ("train_32x32.mat", "test_32x32.mat"),
+        "torchvision.datasets.SVHN({root!r}, split='train', download=True) and split='test'"),
+    "mnist": _ImageInfo(
+        "MNIST", "MNIST", 10, "none", os.path.join("MNIST", "raw"), _MNIST_RAW,
+        "torchvision.datasets.MNIST({root!r}, download=True)"),
+    "fashion-mnist": _ImageInfo(
+        "Fashion-MNIST", "FashionMNIST", 10, "none", os.path.join("FashionMNIST", "raw"), _MNIST_RAW,
+        "torchvision.datasets.FashionMNIST({root!r}, download=True)"),
+}
+
+
+def _image_error(info: _ImageInfo, root: Path, problem: str, detail: str = "") -> UserError:
+    where = root / info.folder if info.folder else root
+    if info.folder:
+        expected = f"{where} with {', '.join(info.files)}"
+    else:
+        expected = ", ".join(str(where / f) for f in info.files)
+    hint = ""
+    top = info.folder.split(os.sep)[0] if info.folder else ""
+    if top and (root.name == top or (root / info.files[0]).is_file()):
+        hint = f"; --data-dir must be the directory that contains {top}, not {top} itself"
+    how = info.download.format(root=str(root))
+    return UserError(
+        f"{info.display} {problem} in {root}{': ' + detail if detail else ''} (expected {expected}){hint}; "
+        f"download it with {how} (on a machine with internet if this one has none, "
+        f"then copy the files into {root})"
+    )
+
+
+def _read_torchvision(info: _ImageInfo, root: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Read both splits through torchvision: uint8 (N, C, H, W) images and int64 labels."""
+    if not root.is_dir():
+        raise _image_error(info, root, "not found", "the directory does not exist")
+    base = root / info.folder if info.folder else root
+    missing = [f for f in info.files if not (base / f).is_file()]
+    legacy_mnist = info.cls in ("MNIST", "FashionMNIST") and all(
+        (root / info.cls / "processed" / f).is_file() for f in ("training.pt", "test.pt")
+    )
+    if missing and not legacy_mnist:
+        raise _image_error(info, root, "not found", f"missing {base / missing[0]}")
+
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, info.cls)
+    out = []
+    for train in (True, False):
+        kwargs = {"split": "train" if train else "test"} if info.cls == "SVHN" else {"train": train}
+        try:
+            ds = cls(str(root), download=False, **kwargs)
+        except RuntimeError as exc:
+            if "corrupted" in str(exc) or "not found" in str(exc).lower():
+                raise _image_error(info, root, "is corrupted or incomplete", "torchvision's md5 check failed") from None
+            raise UserError(f"could not read {info.display} from {root}: {exc}") from None
+        except Exception as exc:
+            raise UserError(f"could not read {info.display} from {root}: {type(exc).__name__}: {exc}") from None
+        if info.cls == "SVHN":
+            x = np.ascontiguousarray(ds.data)  # (N, C, H, W) already
+            y = np.asarray(ds.labels, dtype=np.int64).reshape(-1)  # torchvision maps 10 -> 0
+        elif info.cls in ("CIFAR10", "CIFAR100"):
+            x = np.ascontiguousarray(np.asarray(ds.data).transpose(0, 3, 1, 2))  # NHWC -> NCHW
+            y = np.asarray(ds.targets, dtype=np.int64).reshape(-1)
+        else:  # MNIST-style: uint8 tensor (N, H, W)
+            x = np.asarray(ds.data)[:, None, :, :]
+            y = np.asarray(ds.targets, dtype=np.int64).reshape(-1)
+        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[0] != y.shape[0]:
+            raise UserError(f"{info.display} in {root} has unexpected contents: images {x.dtype} {x.shape}, "
+                            f"{y.shape[0]} labels")
+        if y.size and (y.min() < 0 or y.max() >= info.num_classes):
+            raise UserError(f"{info.display} in {root} has labels outside 0..{info.num_classes - 1}")
+        out += [x, y]
+    return out[0], out[1], out[2], out[3]
+
+
+def _channel_stats(x: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Exact per-channel mean/std (population) of uint8 images, in [0, 1] units, via histograms."""
+    values = torch.arange(256, dtype=torch.float64)
+    means, stds = [], []
+    for c in range(x.shape[1]):
+        counts = torch.bincount(x[:, c].reshape(-1), minlength=256).to(torch.float64)
+        total = counts.sum()
+        m = float((counts * values).sum() / total)
+        var = float((counts * (values - m) ** 2).sum() / total)
+        means.append(m / 255.0)
+        stds.append((var ** 0.5) / 255.0 or 1.0)
+    return tuple(means), tuple(stds)
+
+
+def _to_float(x_u8: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    # Move uint8 (4x smaller), then convert and normalize in place on the device.
+    x = x_u8.to(device).to(torch.float32).div_(255.0)
+    m = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    return x.sub_(m).div_(s)
+
+
+def _load_image_dataset(name: str, data_dir: str | Path | None, device: torch.device, **options: Any) -> Dataset:
+    info = _IMAGES[name]
+    opts = _check_options(name, options, {"augment": None})
+    aug = _augment_option(name, opts["augment"], info.augment)
+    if data_dir is None or (isinstance(data_dir, str) and not data_dir.strip()):
+        raise UserError(
+            f"{name} is read from disk: pass --data-dir (data_dir=...) pointing at the directory that holds "
+            f"{info.folder or ', '.join(info.files)}"
+        )
+    root = Path(data_dir).expanduser()
+    xtr, ytr, xte, yte = _read_torchvision(info, root)
+    xtr_t, xte_t = torch.from_numpy(xtr), torch.from_numpy(xte)
+    mean, std = _channel_stats(xtr_t)
+    train = Split(_to_float(xtr_t, mean, std, device), torch.from_numpy(ytr).to(device))
+    test = Split(_to_float(xte_t, mean, std, device), torch.from_numpy(yte).to(device))
+    spec = {"name": name, "augment": aug}
+    return Dataset(name, train, test, info.num_classes, tuple(train.x.shape[1:]), aug, spec, mean, std)
+
+
+# --------------------------------------------------------------------------- augmentation & batching
+
+
+def _check_generator(generator: Any) -> torch.Generator:
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"expected a torch.Generator, got {type(generator).__name__}")
+    if generator.device.type != "cpu":
+        raise ValueError("use a CPU torch.Generator (results then match across devices); got one on "
+                         f"{generator.device}")
+    return generator
+
+
+def augment(x: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Tensor:
+    """Augment a batch on its own device, with randomness drawn from a CPU generator.
+
+    ``"none"`` returns ``x`` itself and draws nothing. ``"crop"`` zero-pads each image by
+    4 pixels and crops back to H x W at a per-sample offset (uniform in [0, 8]^2 of the
+    padded image, i.e. a shift in [-4, 4]^2). ``"crop+flip"`` also flips each image
+    horizontally with probability 0.5. Draw order: row offsets, column offsets, then flips
+    (all ``(N,)`` tensors), so a given generator state always gives the same result.
+    """
+    if kind == "none":
+        return x
+    if kind not in AUGMENTATIONS:
+        raise UserError(f"unknown augmentation {kind!r}; choose one of: {', '.join(AUGMENTATIONS)}")
+    if x.ndim != 4:
+        raise UserError(f"augmentation {kind!r} needs image batches (N, C, H, W), got shape {tuple(x.shape)}")
+    gen = _check_generator(generator)
+    n, c, h, w = x.shape
+    p = CROP_PADDING
+    dy = torch.randint(0, 2 * p + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * p + 1, (n,), generator=gen)
+    rows = dy[:, None] + torch.arange(h)[None, :]  # (N, H) rows of the padded image
+    cols = dx[:, None] + torch.arange(w)[None, :]  # (N, W)
+    if kind == "crop+flip":
+        flip = torch.rand(n, generator=gen) < 0.5
+        cols = torch.where(flip[:, None], cols.flip(1), cols)
+    rows, cols = rows.to(x.device), cols.to(x.device)
+    padded = F.pad(x, (p, p, p, p))  # (N, C, H+2p, W+2p), zeros
+    out = padded.gather(2, rows[:, None, :, None].expand(n, c, h, w + 2 * p))
+    return out.gather(3, cols[:, None, None, :].expand(n, c, h, w))
+
+
+def batch_indices(
+    n: int,
+    batch_size: int,
+    generator: torch.Generator | None,
+    shuffle: bool = True,
+    drop_last: bool = False,
+) -> list[torch.Tensor]:
+    """One epoch of index batches (CPU int64), a random permutation when ``shuffle``.
+
+    Use as ``split.x[idx]``. With ``drop_last`` a final batch smaller than ``batch_size``
+    is dropped. Without ``shuffle`` the generator is not touched (and may be None).
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"n must be a non-negative integer, got {n!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise UserError(f"batch size must be a positive integer, got {batch_size!r}")
+    n, batch_size = int(n), int(batch_size)
+    if shuffle:
+        order = torch.randperm(n, generator=_check_generator(generator))
+    else:
+        order = torch.arange(n)
+    batches = list(order.split(batch_size))
+    if drop_last and batches and len(batches[-1]) < batch_size:
+        batches.pop()
+    return batches
