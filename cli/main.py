@@ -168,20 +168,311 @@ def train(
         console.print(f"run directory: [bold]{out}[/bold]")
 
 
-@app.command(epilog="Example:\n\n  landscape demo --out runs/demo")
+# ---------------------------------------------------------------- analyses
+
+Split = Annotated[str, typer.Option("--split", help="Splits to evaluate, comma-separated: train,test")]
+Subset = Annotated[Optional[int], typer.Option(help="Evaluate a fixed seeded subset of N samples per split (default: whole split)")]
+BN = Annotated[str, typer.Option("--bn", help="recompute: BatchNorm statistics recomputed at every point from the train split; keep: stored ones")]
+Device = Annotated[str, typer.Option(help="auto, cpu or cuda")]
+BatchSize = Annotated[int, typer.Option(help="Evaluation batch size")]
+Seed = Annotated[int, typer.Option(help="Seed of random directions and of --subset")]
+DataDir = Annotated[Optional[Path], typer.Option(help="Where torchvision datasets live (not needed for mnist1d)")]
+Force = Annotated[bool, typer.Option("--force", help="Replace an existing result made by a different command")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print a JSON summary instead of a table")]
+Out = Annotated[Optional[Path], typer.Option("--out", "-o", help="Result file (.h5)")]
+Norm = Annotated[str, typer.Option(help="Direction normalization: filter (Li et al.), layer or none (unit-norm, Euclidean)")]
+Ignore = Annotated[str, typer.Option(help="biasbn: leave biases and BatchNorm parameters unperturbed; none: perturb them too")]
+
+
+def analysis_options(split: str, subset, bn: str, device: str, batch_size: int, seed: int, data_dir, force: bool,
+                     progress=None):
+    from landscape.analyses import AnalysisOptions
+
+    return AnalysisOptions(splits=tuple(s.strip() for s in split.split(",") if s.strip()), subset=subset, bn=bn,
+                           device=device, batch_size=batch_size, seed=seed,
+                           data_dir=str(data_dir) if data_dir else None, command=" ".join(["landscape", *sys.argv[1:]]),
+                           overwrite=force, progress=progress)
+
+
+class PointProgress:
+    """A rich progress bar over evaluated points; invisible when stdout is not a TTY."""
+
+    def __init__(self, label: str, console: Console):
+        self.progress = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("points"), TimeElapsedColumn(), console=console,
+                                 disable=not console.is_terminal)
+        self.task = None
+
+    def __enter__(self) -> "PointProgress":
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.__exit__(*exc)
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.task is None:
+            self.task = self.progress.add_task("", total=total)
+        self.progress.update(self.task, completed=done, total=total)
+
+
+def result_summary(path: Path) -> dict[str, Any]:
+    import numpy as np
+
+    from landscape.store import load_result
+
+    result = load_result(path)
+    summary: dict[str, Any] = {"file": str(path), "analysis": result.attrs.get("analysis"),
+                               "points": int(np.prod(result.done.shape)), "splits": {}}
+    for split, metrics in result.metrics.items():
+        loss, acc = metrics["loss"], metrics["accuracy"]
+        finite = np.isfinite(loss)
+        summary["splits"][split] = {
+            "min_loss": float(loss[finite].min()) if finite.any() else None,
+            "max_loss": float(loss[finite].max()) if finite.any() else None,
+            "max_accuracy": float(np.nanmax(acc)) if np.isfinite(acc).any() else None,
+            "diverged_points": int((~finite).sum()),
+        }
+    return summary
+
+
+def report_result(path: Path, as_json: bool) -> None:
+    summary = result_summary(path)
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    table = Table(title=f"landscape {summary['analysis']} -> {path}")
+    for column in ("split", "points", "min loss", "max loss", "best acc", "diverged (NaN/inf)"):
+        table.add_column(column, justify="left" if column == "split" else "right")
+    for split, s in summary["splits"].items():
+        fmt = lambda v, pct=False: "-" if v is None else (f"{100 * v:.2f}%" if pct else f"{v:.4f}")
+        table.add_row(split, str(summary["points"]), fmt(s["min_loss"]), fmt(s["max_loss"]),
+                      fmt(s["max_accuracy"], True), str(s["diverged_points"]))
+    console.print(table)
+    console.print(f"result: [bold]{path}[/bold]  (draw it with: landscape plot {path})")
+
+
+def run_analysis(label: str, as_json: bool, fn, **common) -> None:
+    display = err_console if as_json else console
+    with PointProgress(label, display) as progress:
+        path = fn(analysis_options(progress=progress, **common))
+    report_result(Path(path), as_json)
+
+
+@app.command(epilog=(
+    "Examples:\n\n"
+    "  landscape interpolate runs/x/sgd/final.pt runs/x/swa/averaged.pt -o line.h5\n\n"
+    "  landscape interpolate A.pt B.pt --range -1:2 --points 61 --split test --subset 2000"))
+def interpolate(
+    a: Annotated[Path, typer.Argument(help="Checkpoint at alpha = 0")],
+    b: Annotated[Path, typer.Argument(help="Checkpoint at alpha = 1")],
+    out: Out = None,
+    range_: Annotated[str, typer.Option("--range", help="alpha range LO:HI")] = "-0.5:1.5",
+    points: Annotated[int, typer.Option(help="Number of alphas")] = 41,
+    split: Split = "train,test", subset: Subset = None, bn: BN = "recompute", device: Device = "auto",
+    batch_size: BatchSize = 2048, seed: Seed = 0, data_dir: DataDir = None, force: Force = False,
+    as_json: AsJson = False,
+) -> None:
+    """Loss and accuracy along (1-a)A + aB (SWA Fig. 5)."""
+    from landscape.analyses import interpolate as run, parse_range
+
+    alphas = parse_range(f"{range_}:{points}" if range_.count(":") == 1 else range_, "--range")
+    run_analysis("interpolate", as_json, lambda o: run(a, b, out or Path("interpolate.h5"), alphas, o),
+                 split=split, subset=subset, bn=bn, device=device, batch_size=batch_size, seed=seed,
+                 data_dir=data_dir, force=force)
+
+
+@app.command(epilog=(
+    "Examples:\n\n"
+    "  landscape rays runs/x/sgd/final.pt runs/x/swa/averaged.pt --rays 10 -o rays.h5\n\n"
+    "  landscape rays A.pt --norm none --distance 0:20:41"))
+def rays(
+    checkpoints: Annotated[list[Path], typer.Argument(help="Checkpoints; the same rays are used for all")],
+    out: Out = None,
+    n_rays: Annotated[int, typer.Option("--rays", help="Number of random rays")] = 10,
+    distance: Annotated[str, typer.Option(help="Distances along each ray LO:HI:N")] = "0:1:21",
+    norm: Norm = "filter", ignore: Ignore = "biasbn",
+    split: Split = "train,test", subset: Subset = None, bn: BN = "recompute", device: Device = "auto",
+    batch_size: BatchSize = 2048, seed: Seed = 0, data_dir: DataDir = None, force: Force = False,
+    as_json: AsJson = False,
+) -> None:
+    """Loss along random rays from each checkpoint (SWA Fig. 4)."""
+    from landscape.analyses import parse_range, rays as run
+
+    distances = parse_range(distance, "--distance")
+    run_analysis("rays", as_json,
+                 lambda o: run(checkpoints, out or Path("rays.h5"), distances, n_rays, norm, ignore, o),
+                 split=split, subset=subset, bn=bn, device=device, batch_size=batch_size, seed=seed,
+                 data_dir=data_dir, force=force)
+
+
+@app.command(epilog=(
+    "Examples:\n\n"
+    "  landscape surface runs/x/swa/averaged.pt --x -1:1:21 --y -1:1:21 -o surface.h5\n\n"
+    "  landscape surface runs/x/sgd/checkpoints/epoch_0000.pt --through runs/x/sgd/final.pt runs/x/swa/averaged.pt"))
+def surface(
+    checkpoint: Annotated[Path, typer.Argument(help="Checkpoint at the origin of the plane")],
+    out: Out = None,
+    x: Annotated[Optional[str], typer.Option("--x", help="x grid LO:HI:N (default -1:1:21, or around the models with --through)")] = None,
+    y: Annotated[Optional[str], typer.Option("--y", help="y grid LO:HI:N")] = None,
+    through: Annotated[Optional[list[Path]], typer.Option(help="Two checkpoints A B: the plane through CHECKPOINT, A and B", show_default=False)] = None,
+    grid: Annotated[int, typer.Option(help="Points per axis when --x/--y are not given")] = 21,
+    norm: Norm = "filter", ignore: Ignore = "biasbn",
+    split: Split = "train,test", subset: Subset = None, bn: BN = "recompute", device: Device = "auto",
+    batch_size: BatchSize = 2048, seed: Seed = 0, data_dir: DataDir = None, force: Force = False,
+    as_json: AsJson = False,
+) -> None:
+    """Loss on a 2-D plane: random filter-normalized directions, or through three models."""
+    from landscape.analyses import parse_range, surface as run
+
+    if through is not None and len(through) != 2:
+        raise UserError("--through takes two checkpoints: --through A.pt --through B.pt")
+    xs = parse_range(x, "--x") if x else None
+    ys = parse_range(y, "--y") if y else None
+    run_analysis("surface", as_json,
+                 lambda o: run(checkpoint, out or Path("surface.h5"), xs, ys, tuple(through) if through else None,
+                               norm, ignore, grid, o),
+                 split=split, subset=subset, bn=bn, device=device, batch_size=batch_size, seed=seed,
+                 data_dir=data_dir, force=force)
+
+
+@app.command(epilog="Example:\n\n  landscape segments runs/x/sgd --epochs 1,5,10,15,20")
+def segments(
+    run_dir: Annotated[Path, typer.Argument(help="RUN/<optimizer>")],
+    out: Out = None,
+    epochs: Annotated[Optional[str], typer.Option(help="Anchor epochs, e.g. 1,20,40,60,80 (default: 5 evenly spaced)")] = None,
+    points: Annotated[int, typer.Option(help="Points per segment")] = 21,
+    split: Split = "train,test", subset: Subset = None, bn: BN = "recompute", device: Device = "auto",
+    batch_size: BatchSize = 2048, seed: Seed = 0, data_dir: DataDir = None, force: Force = False,
+    as_json: AsJson = False,
+) -> None:
+    """Loss on the segments joining chosen epochs of a run (phase-wise Fig. 2)."""
+    from landscape.analyses import parse_int_list, segments as run
+
+    anchors = parse_int_list(epochs, "--epochs") if epochs else None
+    run_analysis("segments", as_json, lambda o: run(run_dir, out or run_dir / "segments.h5", anchors, points, o),
+                 split=split, subset=subset, bn=bn, device=device, batch_size=batch_size, seed=seed,
+                 data_dir=data_dir, force=force)
+
+
+@app.command(epilog=(
+    "Example:\n\n  landscape train --optimizer sgd --save-every-steps 4 --out runs/s\n\n"
+    "  landscape twopoint runs/s/sgd --ref 10"))
+def twopoint(
+    run_dir: Annotated[Path, typer.Argument(help="RUN/<optimizer>")],
+    out: Out = None,
+    ref: Annotated[Optional[int], typer.Option(help="Reference epoch (default: the last)")] = None,
+    max_epochs: Annotated[Optional[int], typer.Option(help="Largest interval in epochs (default: back to epoch 0)")] = None,
+    split: Split = "train,test", subset: Subset = None, bn: BN = "recompute", device: Device = "auto",
+    batch_size: BatchSize = 2048, seed: Seed = 0, data_dir: DataDir = None, force: Force = False,
+    as_json: AsJson = False,
+) -> None:
+    """Loss of (theta_ref + theta_ref-k)/2 over intervals k in steps and epochs (phase-wise Fig. 3)."""
+    from landscape.analyses import twopoint as run
+
+    run_analysis("twopoint", as_json, lambda o: run(run_dir, out or run_dir / "twopoint.h5", ref, max_epochs, o),
+                 split=split, subset=subset, bn=bn, device=device, batch_size=batch_size, seed=seed,
+                 data_dir=data_dir, force=force)
+
+
+@app.command(epilog=(
+    "Examples:\n\n  landscape trajectory runs/x/sgd\n\n"
+    "  landscape trajectory runs/x/sgd --layer fc --surface --grid 25"))
+def trajectory(
+    run_dir: Annotated[Path, typer.Argument(help="RUN/<optimizer>")],
+    out: Out = None,
+    layer: Annotated[Optional[str], typer.Option(help="PCA of one layer only (e.g. the last linear layer)")] = None,
+    with_surface: Annotated[bool, typer.Option("--surface", help="Also the loss on the PCA plane around the final point")] = False,
+    grid: Annotated[int, typer.Option(help="Points per axis of --surface")] = 21,
+    center: Annotated[str, typer.Option(help="PCA centering: mean or last")] = "mean",
+    split: Split = "train,test", subset: Subset = None, bn: BN = "recompute", device: Device = "auto",
+    batch_size: BatchSize = 2048, seed: Seed = 0, data_dir: DataDir = None, force: Force = False,
+    as_json: AsJson = False,
+) -> None:
+    """PCA and time-delay coordinates of the per-epoch weights (phase-wise Fig. 1)."""
+    from landscape.analyses import trajectory as run
+
+    run_analysis("trajectory", as_json,
+                 lambda o: run(run_dir, out or run_dir / "trajectory.h5", layer, with_surface, grid, center, o),
+                 split=split, subset=subset, bn=bn, device=device, batch_size=batch_size, seed=seed,
+                 data_dir=data_dir, force=force)
+
+
+# ---------------------------------------------------------------- rendering
+
+
+def open_in_browser(path: Path) -> None:
+    import webbrowser
+
+    try:
+        opened = webbrowser.open(path.resolve().as_uri())
+    except webbrowser.Error:
+        opened = False
+    if not opened:
+        console.print(f"no browser here; open {path} yourself")
+
+
+@app.command(epilog=(
+    "Examples:\n\n  landscape plot line.h5\n\n  landscape plot runs/x/sgd/trajectory.h5 -o traj.html --open\n\n"
+    "  landscape plot surface.h5 --png surface.png   (needs kaleido and a Chrome)"))
+def plot(
+    result: Annotated[Path, typer.Argument(help="A result file (.h5) of any analysis")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="HTML file (default: beside the result)")] = None,
+    open_: Annotated[bool, typer.Option("--open", help="Open it in the default browser")] = False,
+    png: Annotated[Optional[Path], typer.Option(help="Also export a static PNG through kaleido")] = None,
+) -> None:
+    """Draw any result file as a self-contained interactive HTML page."""
+    from landscape import plots
+
+    path = plots.plot_result(result, out)
+    if png:
+        plots.save_png(plots.figure(result), png)
+        console.print(f"png: [bold]{png}[/bold]")
+    console.print(f"plot: [bold]{path}[/bold]")
+    if open_:
+        open_in_browser(path)
+
+
+@app.command(epilog="Examples:\n\n  landscape report runs/x\n\n  landscape report runs/x -o talk.html --open")
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory made by landscape train")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="HTML file (default: RUN/report.html)")] = None,
+    open_: Annotated[bool, typer.Option("--open", help="Open it in the default browser")] = False,
+) -> None:
+    """One page for a run: metrics of every optimizer, a summary table and every result file in it."""
+    from landscape import plots
+
+    path = plots.report(run_dir, out)
+    console.print(f"report: [bold]{path}[/bold]")
+    if open_:
+        open_in_browser(path)
+
+
+@app.command(epilog="Examples:\n\n  landscape demo\n\n  landscape demo --out runs/demo --report report.html --open")
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory")] = Path("runs/demo"),
+    report_path: Annotated[Path, typer.Option("--report", help="Where the HTML report goes")] = Path("report.html"),
     epochs: Annotated[int, typer.Option(help="Training epochs")] = 20,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    device: Device = "auto",
+    open_: Annotated[bool, typer.Option("--open", help="Open the report in the default browser")] = False,
 ) -> None:
-    """The whole chain on the embedded default: train sgd and swa on MNIST-1D from one initialization."""
-    from landscape.train import TrainConfig, train as run_training
+    """The whole chain on the embedded default: train sgd and swa, analyse, write report.html."""
+    from landscape.demo import run_demo
 
-    cfg = TrainConfig(optimizers=["sgd", "swa"], epochs=epochs, device=device)
-    with TrainProgress(console) as progress:
-        results = run_training(cfg, out, force=True, progress=progress)
-    console.print(summary_table(results, "landscape demo"))
-    console.print(f"run directory: [bold]{out}[/bold]  (sgd/final.pt, swa/averaged.pt, metrics.jsonl)")
+    display = console
+    with TrainProgress(display) as progress, PointProgress("analyses", display) as points:
+        summary = run_demo(out, report_path, epochs=epochs, device=device, train_progress=progress,
+                           point_progress=points)
+    console.print(summary_table(summary.training, "landscape demo: training"))
+    table = Table(title="landscape demo: analyses")
+    for column in ("analysis", "file", "seconds"):
+        table.add_column(column, justify="right" if column == "seconds" else "left")
+    for name, path, seconds in summary.analyses:
+        table.add_row(name, str(path), f"{seconds:.1f}")
+    console.print(table)
+    console.print(f"report: [bold]{summary.report}[/bold]")
+    if open_:
+        open_in_browser(summary.report)
 
 
 def main() -> None:

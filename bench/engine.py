@@ -1,0 +1,421 @@
+"""Engine throughput against the loss-landscape reference way of evaluating, in one process.
+
+The baseline is how tomgoldstein/loss-landscape scores a point (``plot_surface.py`` ->
+``net_plotter.set_states`` -> ``evaluation.eval_loss``), re-implemented here faithfully:
+
+* per point ``model.load_state_dict(state)`` then ``model.eval()``;
+* a ``torch.utils.data.DataLoader`` pass (batch 128, no shuffle) over a map-style Dataset;
+  for images a CIFAR10-style Dataset (``Image.fromarray`` on uint8 HWC arrays) with the
+  torchvision pipeline ``Compose([ToTensor(), Normalize(mean, std)])`` applied per sample,
+  as their ``cifar10/dataloader.py`` does; for MNIST-1D a TensorDataset;
+* ``CrossEntropyLoss`` (batch mean) accumulated as ``loss.item() * batch_size``, accuracy from
+  ``outputs.max(1)``, under ``torch.no_grad()``.
+
+It is given the points precomputed (its own ``set_states`` would also deep-copy the state and
+add the directions per point), and ``--baseline-workers 0`` by default: on a 2-core machine
+DataLoader workers only compete with the compute threads (their default is 2).
+
+Cases (same points and data for both; losses and accuracies asserted equal to 1e-4):
+  cnn1d on MNIST-1D (4000 train / 1000 test): 41-point interpolation, 11x11 surface
+  resnet20 on CIFAR-shaped random uint8 images (2048 train / 1024 test), bn=keep:
+    41-point interpolation, 11x11 surface; plus bn=recompute (ours only, checked against
+    update_bn + evaluate on two points) on the interpolation.
+``--full`` makes the surfaces 21x21. ``--resnet56-51x51`` (for a GPU machine): resnet56 on
+50k train + 10k test CIFAR-shaped samples, a 51x51 surface for ours and the baseline timed on
+its first ``--baseline-points`` points (its points/s extrapolated; equality on those points).
+
+Reported: points/s, ratio ours/baseline, and achieved GFLOP/s (forward FLOPs from
+``torch.utils.flop_counter``) as a fraction of a 2048x2048 float32 matmul measured in the
+same run.
+
+    .venv/bin/python bench/engine.py [--full] [--device cuda] [--resnet56-51x51] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torch.optim.swa_utils import update_bn
+from torch.utils.data import DataLoader, TensorDataset
+from torchvision import transforms
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from landscape.data import Dataset, Split, load_dataset  # noqa: E402
+from landscape.engine import Engine, StateLayout  # noqa: E402
+from landscape.evaluate import evaluate  # noqa: E402
+from landscape.models import build_model  # noqa: E402
+
+TOL = 1e-4
+
+
+# --------------------------------------------------------------------------- timing helpers
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(device: torch.device, n: int = 2048, repeats: int = 7) -> float:
+    """GFLOP/s of an n x n float32 matmul (best of ``repeats``)."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    for _ in range(2):
+        a @ b
+    sync(device)
+    best = math.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def forward_flops_per_sample(spec: dict, x: torch.Tensor) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = build_model(spec["name"], **spec["kwargs"]).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x[:4].cpu())
+    return counter.get_total_flops() / 4
+
+
+# --------------------------------------------------------------------------- points
+
+
+def init_point(spec: dict, seed: int) -> tuple[StateLayout, torch.Tensor]:
+    torch.manual_seed(seed)
+    model = build_model(spec["name"], **spec["kwargs"])
+    layout = StateLayout(model.state_dict(), model)
+    return layout, layout.flatten(model.state_dict())
+
+
+def filter_normalized_direction(layout: StateLayout, base: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Li et al. 2018 filter normalization on "weight" entries; zero on bias/bn/buffers."""
+    d = torch.zeros_like(base)
+    for e in layout.entries:
+        if e.role != "weight":
+            continue
+        w = base[e.slice].view(e.shape[0], -1)
+        r = torch.randn(w.shape, generator=gen)
+        r = r * (w.norm(dim=1, keepdim=True) / (r.norm(dim=1, keepdim=True) + 1e-10))
+        d[e.slice] = r.reshape(-1)
+    return d
+
+
+def interpolation_points(a: torch.Tensor, b: torch.Tensor, n: int = 41) -> torch.Tensor:
+    alphas = torch.linspace(-0.5, 1.5, n)
+    return (1 - alphas)[:, None] * a[None] + alphas[:, None] * b[None]
+
+
+def surface_points(layout: StateLayout, base: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    dx = filter_normalized_direction(layout, base, gen)
+    dy = filter_normalized_direction(layout, base, gen)
+    xs = torch.linspace(-1, 1, n)
+    gx, gy = torch.meshgrid(xs, xs, indexing="ij")  # row-major over (x, y)
+    return base[None] + gx.reshape(-1, 1) * dx[None] + gy.reshape(-1, 1) * dy[None]
+
+
+# --------------------------------------------------------------------------- the baseline
+
+
+class CifarLike(torch.utils.data.Dataset):
+    """torchvision.datasets.CIFAR10.__getitem__: uint8 HWC array -> PIL -> transform."""
+
+    def __init__(self, data: np.ndarray, targets: np.ndarray, transform):
+        self.data, self.targets, self.transform = data, [int(t) for t in targets], transform
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int):
+        img, target = self.data[index], self.targets[index]
+        img = Image.fromarray(img)
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, target
+
+
+def eval_loss(net: nn.Module, criterion, loader, use_cuda: bool) -> tuple[float, float]:
+    """loss-landscape's evaluation.eval_loss (CrossEntropyLoss branch)."""
+    correct = 0
+    total_loss = 0.0
+    total = 0
+    if use_cuda:
+        net.cuda()
+    net.eval()
+    with torch.no_grad():
+        for inputs, targets in loader:
+            batch_size = inputs.size(0)
+            total += batch_size
+            if use_cuda:
+                inputs, targets = inputs.cuda(), targets.cuda()
+            outputs = net(inputs)
+            loss = criterion(outputs, targets)
+            total_loss += loss.item() * batch_size
+            _, predicted = torch.max(outputs.data, 1)
+            correct += predicted.eq(targets).sum().item()
+    return total_loss / total, 100.0 * correct / total
+
+
+def run_baseline(spec: dict, layout: StateLayout, points: torch.Tensor, datasets: dict, device: torch.device,
+                 workers: int) -> tuple[dict, float]:
+    t0 = time.perf_counter()
+    net = build_model(spec["name"], **spec["kwargs"]).to(device)
+    criterion = nn.CrossEntropyLoss()
+    loaders = {s: DataLoader(ds, batch_size=128, shuffle=False, num_workers=workers) for s, ds in datasets.items()}
+    out = {s: {"loss": np.zeros(len(points)), "accuracy": np.zeros(len(points))} for s in datasets}
+    for i, p in enumerate(points):
+        state = {**layout.unflatten(p), **layout.integer_state}
+        net.load_state_dict(state)
+        net.eval()
+        for s, loader in loaders.items():
+            loss, acc = eval_loss(net, criterion, loader, device.type == "cuda")
+            out[s]["loss"][i] = loss
+            out[s]["accuracy"][i] = acc / 100.0
+    sync(device)
+    return out, time.perf_counter() - t0
+
+
+def run_ours(spec: dict, data: Dataset, points: torch.Tensor, device: torch.device, **engine_kwargs) -> tuple[dict, float, Engine]:
+    sync(device)
+    t0 = time.perf_counter()
+    engine = Engine(spec, data, device=device, **engine_kwargs)
+    out = engine.evaluate(points)
+    sync(device)
+    return out, time.perf_counter() - t0, engine
+
+
+def max_diff(a: dict, b: dict, n: int | None = None) -> tuple[float, float]:
+    dl = da = 0.0
+    for s in a:
+        la, lb = a[s]["loss"][:n], b[s]["loss"][:n]
+        both_nan = np.isnan(la) & np.isnan(lb)
+        dl = max(dl, float(np.max(np.where(both_nan, 0.0, np.abs(la - lb) / np.maximum(1.0, np.abs(lb))))))
+        da = max(da, float(np.max(np.abs(a[s]["accuracy"][:n] - b[s]["accuracy"][:n]))))
+    return dl, da
+
+
+# --------------------------------------------------------------------------- cases
+
+
+@dataclass
+class Row:
+    case: str
+    points: int
+    samples: int  # per point, scored
+    ours_s: float
+    base_s: float | None  # None: ours only
+    flops_per_point: float
+    strategy: str
+    note: str = ""
+    base_points: int | None = None  # baseline timed on fewer points (extrapolated)
+    diff: tuple[float, float] | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def ours_rate(self) -> float:
+        return self.points / self.ours_s
+
+    @property
+    def base_rate(self) -> float | None:
+        if self.base_s is None:
+            return None
+        return (self.base_points or self.points) / self.base_s
+
+    @property
+    def ratio(self) -> float | None:
+        return None if self.base_rate is None else self.ours_rate / self.base_rate
+
+
+def compare(rows: list[Row], name: str, spec: dict, data: Dataset, base_sets: dict, layout: StateLayout,
+            points: torch.Tensor, device: torch.device, flops: float, args, base_points: int | None = None,
+            **engine_kwargs) -> None:
+    print(f"  {name}: {len(points)} points ...", flush=True)
+    bp = points if base_points is None else points[:base_points]
+    base, tb = run_baseline(spec, layout, bp, base_sets, device, args.baseline_workers)
+    strategies = [engine_kwargs.pop("strategy", "auto")]
+    if device.type == "cuda" and strategies == ["auto"]:
+        strategies = ["loop", "vmap"]
+    for strategy in strategies:
+        ours, to, engine = run_ours(spec, data, points, device, strategy=strategy, **engine_kwargs)
+        dl, da = max_diff(ours, base, len(bp))
+        assert dl <= TOL and da <= TOL, f"{name}: ours and the baseline differ: loss {dl:.2e}, accuracy {da:.2e}"
+        samples = sum(engine.sizes.values())
+        label = name if len(strategies) == 1 else f"{name} [{strategy}]"
+        rows.append(Row(label, len(points), samples, to, tb, flops * samples, engine.strategy,
+                        base_points=base_points, diff=(dl, da)))
+        r = rows[-1]
+        print(f"    baseline {r.base_rate:8.2f} pts/s   ours ({engine.strategy}) {r.ours_rate:8.2f} pts/s   "
+              f"ratio {r.ratio:5.2f}x   max|dloss| {dl:.1e}  max|dacc| {da:.1e}", flush=True)
+
+
+def cnn1d_case(rows: list[Row], args, device: torch.device) -> None:
+    data = load_dataset("mnist1d", device=device, num_train=4000, num_test=1000)
+    spec = {"name": "cnn1d", "kwargs": {"num_classes": 10, "input_shape": list(data.input_shape)}}
+    base_sets = {s: TensorDataset(getattr(data, s).x.cpu(), getattr(data, s).y.cpu()) for s in ("train", "test")}
+    layout, a = init_point(spec, 0)
+    _, b = init_point(spec, 1)
+    flops = forward_flops_per_sample(spec, data.train.x)
+    n_interp, n_surf = (9, 3) if args.quick else (41, args.surface)
+    print(f"cnn1d on mnist1d (4000/1000), {flops / 1e6:.2f} MFLOP/sample", flush=True)
+    compare(rows, f"cnn1d interpolation {n_interp}", spec, data, base_sets, layout,
+            interpolation_points(a, b, n_interp), device, flops, args)
+    compare(rows, f"cnn1d surface {n_surf}x{n_surf}", spec, data, base_sets, layout,
+            surface_points(layout, a, n_surf), device, flops, args)
+
+
+def cifar_like(n_train: int, n_test: int, device: torch.device, seed: int = 0):
+    """uint8 HWC images (as torchvision's CIFAR10.data) and the same data as a landscape Dataset."""
+    rng = np.random.default_rng(seed)
+    # Smooth-ish random images (a low-frequency pattern plus noise), real uint8 pixels.
+    def images(n: int) -> np.ndarray:
+        low = rng.normal(128, 40, (n, 4, 4, 3))
+        up = np.repeat(np.repeat(low, 8, axis=1), 8, axis=2) + rng.normal(0, 25, (n, 32, 32, 3))
+        return np.clip(up, 0, 255).astype(np.uint8)
+    xtr, xte = images(n_train), images(n_test)
+    ytr, yte = rng.integers(0, 10, n_train), rng.integers(0, 10, n_test)
+    mean = tuple(float(v) for v in (xtr.reshape(-1, 3).astype(np.float64).mean(0) / 255))
+    std = tuple(float(v) for v in (xtr.reshape(-1, 3).astype(np.float64).std(0) / 255))
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
+    base_sets = {"train": CifarLike(xtr, ytr, transform), "test": CifarLike(xte, yte, transform)}
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+
+    def split(x: np.ndarray, y: np.ndarray) -> Split:
+        # ToTensor (HWC uint8 -> CHW float /255) then Normalize, batched: the same float32 ops.
+        t = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous().float().div_(255).sub_(m).div_(s)
+        return Split(t.to(device), torch.from_numpy(y.astype(np.int64)).to(device))
+
+    data = Dataset("cifar-like", split(xtr, ytr), split(xte, yte), 10, (3, 32, 32), "none",
+                   {"name": "cifar-like"}, mean, std)
+    return data, base_sets
+
+
+def resnet_case(rows: list[Row], args, device: torch.device, name: str, n_train: int, n_test: int,
+                n_surf: int, interp: bool, base_points: int | None) -> None:
+    data, base_sets = cifar_like(n_train, n_test, device)
+    spec = {"name": name, "kwargs": {"num_classes": 10, "input_shape": [3, 32, 32]}}
+    layout, a = init_point(spec, 0)
+    _, b = init_point(spec, 1)
+    flops = forward_flops_per_sample(spec, data.train.x)
+    bs = args.batch_size
+    print(f"{name} on CIFAR-shaped uint8 images ({n_train}/{n_test}), {flops / 1e6:.1f} MFLOP/sample, "
+          f"engine batch_size {bs}", flush=True)
+    if interp:
+        n_interp = 9 if args.quick else 41
+        pts = interpolation_points(a, b, n_interp)
+        compare(rows, f"{name} interpolation {n_interp} (bn=keep)", spec, data, base_sets, layout, pts, device,
+                flops, args, bn="keep", batch_size=bs)
+        # bn=recompute: ours only (the reference code has no BN recompute); checked on two points.
+        print(f"  {name} interpolation {n_interp} (bn=recompute, ours only) ...", flush=True)
+        ours, to, engine = run_ours(spec, data, pts, device, bn="recompute", batch_size=bs)
+        for i in (0, n_interp // 2):
+            model = build_model(spec["name"], **spec["kwargs"]).to(device)
+            model.load_state_dict({**layout.unflatten(pts[i].to(device)), **layout.integer_state})
+            update_bn([data.train.x[j : j + bs] for j in range(0, len(data.train), bs)], model)
+            for s in ("train", "test"):
+                loss, acc = evaluate(model, getattr(data, s).x, getattr(data, s).y, 256)
+                assert abs(ours[s]["loss"][i] - loss) <= TOL * max(1, abs(loss)), (s, i, ours[s]["loss"][i], loss)
+                assert abs(ours[s]["accuracy"][i] - acc) <= TOL, (s, i)
+        samples = sum(engine.sizes.values())
+        rows.append(Row(f"{name} interpolation {n_interp} (bn=recompute)", n_interp, samples, to, None,
+                        flops * (samples + n_train), engine.strategy,
+                        note="ours only; = update_bn+evaluate (2 pts)"))
+        print(f"    ours {rows[-1].ours_rate:8.2f} pts/s", flush=True)
+    n = 3 if args.quick else n_surf
+    compare(rows, f"{name} surface {n}x{n} (bn=keep)", spec, data, base_sets, layout, surface_points(layout, a, n),
+            device, flops, args, base_points=base_points, bn="keep", batch_size=bs)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def machine() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def summary(rows: list[Row], peak: float, device: torch.device) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"engine vs loss-landscape reference ({device}, matmul peak {peak:.0f} GFLOP/s)")
+    for col in ("case", "pts", "samples/pt", "baseline pts/s", "ours pts/s", "ratio", "ours GFLOP/s",
+                "of peak", "baseline GFLOP/s", "strategy", "max rel dloss / dacc"):
+        table.add_column(col, justify="left" if col in ("case", "strategy") else "right")
+    for r in rows:
+        gf = r.flops_per_point * r.ours_rate / 1e9
+        bgf = "" if r.base_rate is None else f"{r.flops_per_point * r.base_rate / 1e9:.1f}"
+        base_rate = "" if r.base_rate is None else f"{r.base_rate:.2f}" + (
+            f" ({r.base_points} pts)" if r.base_points else "")
+        table.add_row(r.case, str(r.points), str(r.samples), base_rate, f"{r.ours_rate:.2f}",
+                      "" if r.ratio is None else f"{r.ratio:.2f}x", f"{gf:.1f}", f"{gf / peak:.0%}", bgf,
+                      r.strategy, r.note if r.diff is None else f"{r.diff[0]:.1e} / {r.diff[1]:.1e}")
+    Console(width=200).print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--full", action="store_true", help="21x21 surfaces instead of 11x11")
+    ap.add_argument("--resnet56-51x51", dest="resnet56", action="store_true",
+                    help="resnet56, 50k+10k CIFAR-shaped samples, 51x51 surface (for a GPU machine)")
+    ap.add_argument("--baseline-points", type=int, default=8,
+                    help="with --resnet56-51x51: points the baseline is timed on (extrapolated)")
+    ap.add_argument("--baseline-workers", type=int, default=0, help="DataLoader workers of the baseline")
+    ap.add_argument("--batch-size", type=int, default=512,
+                    help="engine batch_size for the ResNet cases (the BN recompute batches; default 512 as "
+                         "landscape.evaluate.recompute_bn)")
+    ap.add_argument("--skip-cnn1d", action="store_true")
+    ap.add_argument("--skip-resnet", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="few points, to check the script runs")
+    args = ap.parse_args(argv)
+    args.surface = 21 if args.full else 11
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: CUDA is not available on this machine")
+    device = torch.device(args.device)
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {machine()}, device {device}")
+    peak = matmul_peak(device)
+    print(f"matmul 2048x2048 float32: {peak:.1f} GFLOP/s", flush=True)
+    rows: list[Row] = []
+    t0 = time.perf_counter()
+    if args.resnet56:
+        resnet_case(rows, args, device, "resnet56", 50_000, 10_000, 51, interp=False,
+                    base_points=args.baseline_points)
+    else:
+        if not args.skip_cnn1d:
+            cnn1d_case(rows, args, device)
+        if not args.skip_resnet:
+            resnet_case(rows, args, device, "resnet20", 2048, 1024, args.surface, interp=True, base_points=None)
+    peak_after = matmul_peak(device)
+    print(f"matmul 2048x2048 float32 after: {peak_after:.1f} GFLOP/s; total {time.perf_counter() - t0:.0f} s")
+    peak = max(peak, peak_after)
+    print()
+    for r in rows:
+        if r.ratio is not None:
+            print(f"ratio {r.case}: {r.ratio:.2f}x ({r.ours_rate:.2f} vs {r.base_rate:.2f} points/s)")
+    summary(rows, peak, device)
+
+
+if __name__ == "__main__":
+    main()

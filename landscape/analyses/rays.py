@@ -1,0 +1,57 @@
+"""Loss along random rays from each checkpoint, the same rays for all (SWA Fig. 4)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from landscape.analyses.common import AnalysisOptions, compute, load_checkpoints, make_engine, open_result, vector
+from landscape.directions import random_direction
+from landscape.errors import UserError
+
+UNITS = {
+    "filter": "filter-normalized: distance 1 moves every filter by its own norm (Li et al. 2018)",
+    "layer": "layer-normalized: distance 1 moves every layer by its own norm",
+    "none": "Euclidean distance in parameter space (unit-norm directions)",
+}
+
+
+def rays(checkpoints: Sequence[str | Path], out: str | Path, distances: np.ndarray, n_rays: int = 10,
+         norm: str = "filter", ignore: str = "biasbn", opts: AnalysisOptions | None = None) -> Path:
+    """Loss at ``base_c + t d_{c,r}`` for every checkpoint c, ray r and distance t.
+
+    Ray r is one Gaussian draw shared by all checkpoints; its normalization is relative to
+    each checkpoint's own weights (filter/layer) or a unit vector (none).
+    """
+    opts = opts or AnalysisOptions()
+    if n_rays < 1:
+        raise UserError(f"--rays must be >= 1, got {n_rays}")
+    ckpts = load_checkpoints(checkpoints)
+    engine = make_engine(ckpts[0], opts)
+    coords = {"checkpoint": np.arange(len(ckpts)), "ray": np.arange(n_rays), "distance": distances}
+    writer = open_result(out, "rays", ckpts, opts, coords, ["checkpoint", "ray", "distance"],
+                         normalization=norm, identity={"ignore": ignore, "units": UNITS[norm] if norm in UNITS else norm})
+    if not writer.complete:
+        bases = [vector(engine, c) for c in ckpts]
+        directions = []
+        for base in bases:
+            generator = torch.Generator().manual_seed(opts.seed)  # same draws for every checkpoint
+            per_base = []
+            for _ in range(n_rays):
+                d = random_direction(engine.layout, base, generator, norm=norm, ignore=ignore)
+                if norm == "none":
+                    d = d / d.norm()
+                per_base.append(d)
+            directions.append(per_base)
+        t = np.asarray(distances, dtype=np.float32)
+        shape = writer.shape
+
+        def points(idx: np.ndarray) -> torch.Tensor:
+            c, r, k = np.unravel_index(idx, shape)
+            return torch.stack([bases[ci] + float(t[ki]) * directions[ci][ri] for ci, ri, ki in zip(c, r, k)])
+
+        compute(writer, engine, points, opts)
+    return writer.finish()

@@ -1,0 +1,50 @@
+"""Loss along the segments joining chosen epochs of one run (phase-wise paper, Fig. 2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from landscape.analyses.common import AnalysisOptions, compute, load_checkpoints, make_engine, open_result, \
+    pick_epochs, run_checkpoints, vector
+from landscape.errors import UserError
+
+
+def default_anchors(epochs: Sequence[int], count: int = 5) -> list[int]:
+    """Evenly spaced epochs from the first trained epoch to the last."""
+    trained = sorted(e for e in epochs if e >= 1)
+    if len(trained) < 2:
+        raise UserError("segments needs at least two trained epochs in the run")
+    picks = np.linspace(0, len(trained) - 1, min(count, len(trained))).round().astype(int)
+    return [trained[i] for i in sorted(set(picks))]
+
+
+def segments(run_dir: str | Path, out: str | Path, anchors: Sequence[int] | None = None, points: int = 21,
+             opts: AnalysisOptions | None = None) -> Path:
+    """Loss at (1-a) theta_{e_i} + a theta_{e_{i+1}} for consecutive anchor epochs e_i."""
+    opts = opts or AnalysisOptions()
+    available, _ = run_checkpoints(run_dir)
+    anchors = list(anchors) if anchors else default_anchors(list(available))
+    if len(anchors) < 2:
+        raise UserError("--epochs needs at least two epochs, e.g. 1,20,40")
+    if points < 2:
+        raise UserError(f"--points must be >= 2, got {points}")
+    ckpts = load_checkpoints(pick_epochs(available, anchors, "--epochs"))
+    engine = make_engine(ckpts[0], opts)
+    alphas = np.linspace(0.0, 1.0, points)
+    coords = {"epoch": np.asarray(anchors), "segment": np.arange(len(anchors) - 1), "alpha": alphas}
+    writer = open_result(out, "segments", ckpts, opts, coords, ["segment", "alpha"])
+    if not writer.complete:
+        vectors = [vector(engine, c) for c in ckpts]
+        a32 = alphas.astype(np.float32)
+
+        def at(idx: np.ndarray) -> torch.Tensor:
+            seg, k = np.unravel_index(idx, writer.shape)
+            return torch.stack([(1 - float(a32[j])) * vectors[i] + float(a32[j]) * vectors[i + 1]
+                                for i, j in zip(seg, k)])
+
+        compute(writer, engine, at, opts)
+    return writer.finish()

@@ -1,0 +1,98 @@
+"""The optimization trajectory: PCA of per-epoch weights and time-delay coordinates.
+
+Phase-wise paper Fig. 1 (PCA of the last linear layer, time-delay plot) and Li et al.
+Fig. 9 (`--surface`: the loss on the PCA plane around the final point, path projected).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from landscape.analyses.common import AnalysisOptions, chunk_size, compute, load_checkpoints, make_engine, open_result, \
+    run_checkpoints, vector
+from landscape.directions import pca, time_delay
+from landscape.errors import UserError
+
+SURFACE_MARGIN = 0.2
+
+
+def layer_mask(engine, layer: str | None) -> torch.Tensor:
+    """Trainable parameters, or just those of one layer (`fc` matches fc.weight and fc.bias)."""
+    entries = engine.layout.entries
+    if layer is None:
+        mask = ~engine.layout.mask("buffer")
+    else:
+        chosen = [e for e in entries if e.role != "buffer" and (e.name == layer or e.name.startswith(layer + "."))]
+        if not chosen:
+            names = sorted({e.name.rsplit(".", 1)[0] for e in entries if e.role != "buffer"})
+            raise UserError(f"--layer {layer!r}: no such layer; layers are {', '.join(names)}")
+        mask = torch.zeros(engine.layout.dim, dtype=torch.bool)
+        for e in chosen:
+            mask[e.offset : e.offset + e.numel] = True
+    return mask
+
+
+def trajectory(run_dir: str | Path, out: str | Path, layer: str | None = None, with_surface: bool = False,
+               grid_points: int = 21, center: str = "mean", opts: AnalysisOptions | None = None) -> Path:
+    opts = opts or AnalysisOptions()
+    available, _ = run_checkpoints(run_dir)
+    epochs = sorted(available)
+    if len(epochs) < 3:
+        raise UserError(f"{run_dir}: a trajectory needs at least 3 epoch checkpoints, found {len(epochs)}")
+    ckpts = load_checkpoints([available[e] for e in epochs])
+    engine = make_engine(ckpts[0], opts)
+    writer = open_result(out, "trajectory", ckpts, opts, {"epoch": np.asarray(epochs)}, ["epoch"],
+                         identity={"layer": layer or "all trainable parameters", "center": center,
+                                   "surface": bool(with_surface)})
+    if writer.complete:
+        return writer.finish()
+    vectors = torch.stack([vector(engine, c) for c in ckpts])
+    mask = layer_mask(engine, layer).to(vectors.device)
+    fit = pca(vectors[:, mask], center=center, k=2)
+    d1, d2 = time_delay(vectors[:, mask])
+    writer.put("pca/coords", np.asarray(fit.coords), {"units": "parameter distance along the components"})
+    writer.put("pca/explained_variance_ratio", np.asarray(fit.explained_variance_ratio))
+    writer.put("pca/residual", np.asarray(fit.residual), {"units": "distance from the PCA plane"})
+    writer.put("timedelay/d1", np.asarray(d1), {"units": "||theta_t - theta_(t-1)||"})
+    writer.put("timedelay/d2", np.asarray(d2), {"units": "||theta_t - theta_(t-2)||"})
+    writer.put("lr", np.array([c.lr if c.lr is not None else np.nan for c in ckpts], dtype=np.float64))
+    compute(writer, engine, lambda idx: vectors[torch.as_tensor(idx)], opts)
+    if with_surface:
+        _pca_surface(writer, engine, vectors[-1], mask, fit, grid_points, opts)
+    return writer.finish()
+
+
+def _pca_surface(writer, engine, final: torch.Tensor, mask: torch.Tensor, fit, grid_points: int,
+                 opts: AnalysisOptions) -> None:
+    """Loss on the PCA plane through the final point, in the PCA coordinates of the path."""
+    coords = np.asarray(fit.coords, dtype=np.float64)
+    lo, hi = coords.min(axis=0), coords.max(axis=0)
+    pad = SURFACE_MARGIN * (hi - lo)
+    xs = np.linspace(lo[0] - pad[0], hi[0] + pad[0], grid_points)
+    ys = np.linspace(lo[1] - pad[1], hi[1] + pad[1], grid_points)
+    u = torch.zeros_like(final)
+    v = torch.zeros_like(final)
+    components = torch.as_tensor(np.asarray(fit.components), dtype=final.dtype, device=final.device)
+    u[mask], v[mask] = components[0], components[1]
+    fx, fy = coords[-1]
+    gx, gy = np.meshgrid(xs - fx, ys - fy)
+    grid = torch.as_tensor(np.stack([gx.ravel(), gy.ravel()], axis=1), dtype=final.dtype, device=final.device)
+    results = {split: {"loss": [], "accuracy": []} for split in opts.splits}
+    step = chunk_size(engine, opts)
+    for start in range(0, len(grid), step):
+        chunk = grid[start : start + step]
+        values = engine.evaluate(final + chunk[:, :1] * u + chunk[:, 1:] * v)
+        for split in opts.splits:
+            for metric in ("loss", "accuracy"):
+                results[split][metric].append(values[split][metric])
+        if opts.progress:
+            opts.progress(min(start + step, len(grid)), len(grid))
+    writer.put("surface/x", xs)
+    writer.put("surface/y", ys)
+    for split in opts.splits:
+        for metric in ("loss", "accuracy"):
+            writer.put(f"surface/{split}/{metric}", np.concatenate(results[split][metric]).reshape(len(ys), len(xs)),
+                       {"dims": ["y", "x"]})

@@ -1,0 +1,59 @@
+"""The whole chain on the embedded default, small enough to run in a couple of minutes on 2 cores.
+
+Train sgd and swa from one initialization on MNIST-1D, then: the line between their
+solutions, random rays from both, the plane through the initialization and both
+solutions, and the PCA trajectory of SGD; finally one HTML report.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from landscape.analyses import AnalysisOptions, interpolate, rays, surface, trajectory
+from landscape.plots import report
+from landscape.train import OptimizerResult, TrainConfig, train
+
+
+@dataclass
+class DemoSummary:
+    training: list[OptimizerResult]
+    analyses: list[tuple[str, Path, float]] = field(default_factory=list)  # (name, file, seconds)
+    report: Path | None = None
+
+
+def run_demo(
+    out: str | Path = "runs/demo",
+    report_path: str | Path = "report.html",
+    *,
+    epochs: int = 20,
+    device: str = "auto",
+    train_progress: Callable[[dict[str, Any]], None] | None = None,
+    point_progress: Callable[[int, int], None] | None = None,
+) -> DemoSummary:
+    out = Path(out)
+    results = train(TrainConfig(optimizers=["sgd", "swa"], epochs=epochs, device=device), out, force=True,
+                    progress=train_progress)
+    summary = DemoSummary(training=results)
+    sgd, swa = out / "sgd" / "final.pt", out / "swa" / "averaged.pt"
+    # The whole test split and the whole train split, as everywhere; BatchNorm (if the model
+    # had any) recomputed at every point.
+    opts = AnalysisOptions(device=device, command="landscape demo", overwrite=True, progress=point_progress)
+    steps: list[tuple[str, Callable[[], Path]]] = [
+        ("interpolate", lambda: interpolate(sgd, swa, out / "interpolate.h5", np.linspace(-0.5, 1.5, 41), opts)),
+        ("rays", lambda: rays([sgd, swa], out / "rays.h5", np.linspace(0, 1, 11), n_rays=5, opts=opts)),
+        ("surface", lambda: surface(out / "sgd" / "checkpoints" / "epoch_0000.pt", out / "surface.h5",
+                                    through=(sgd, swa), grid_points=15, opts=opts)),
+        ("trajectory", lambda: trajectory(out / "sgd", out / "sgd" / "trajectory.h5", with_surface=True,
+                                          grid_points=11, opts=opts)),
+    ]
+    for name, step in steps:
+        start = time.perf_counter()
+        path = step()
+        summary.analyses.append((name, path, time.perf_counter() - start))
+    summary.report = report(out, report_path)
+    return summary

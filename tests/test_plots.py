@@ -1,0 +1,474 @@
+"""Figures and pages: every analysis kind drawn from a small synthetic result file.
+
+The files are written with the store's own writer, with NaN and inf points inside, so the
+tests check what users will see: gaps (``null``) where values are not finite, never zeros;
+exact values in hover; captions; self-contained HTML; and, in headless Chromium, pages
+that draw every figure without a console error (screenshots land in the test's tmp dir).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+
+from landscape import plots
+from landscape.errors import UserError
+from landscape.store import ResultWriter, load_result
+from tests import browser
+
+CHROMIUM = browser.find_chromium()
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="no chromium binary on PATH (make test installs the Debian 'chromium' package; "
+           "or set LANDSCAPE_CHROMIUM)")
+
+KINDS = ("interpolate", "rays", "surface", "segments", "twopoint", "trajectory", "sharpness")
+
+
+# ============================================================================ synthetic results
+
+def _attrs(analysis: str, checkpoints: list[str], **more) -> dict:
+    return {
+        "analysis": analysis,
+        "command": f"landscape {analysis} " + " ".join(checkpoints),
+        "checkpoints": checkpoints,
+        "checkpoint_sha256": ["0" * 64] * len(checkpoints),
+        "dataset": {"name": "mnist1d", "num_train": 384, "num_test": 256},
+        "subset": 128,
+        "bn_mode": "recompute",
+        "seed": 0,
+        "landscape_version": "0.1.0",
+        "torch_version": "2.x",
+        **more,
+    }
+
+
+def _write(path: Path, analysis: str, checkpoints: list[str], coords: dict, dims: list[str],
+           metrics: dict[str, dict[str, np.ndarray]], extra: dict | None = None, finish: bool = True,
+           **attrs) -> Path:
+    splits = list(metrics)
+    names = sorted({m for split in metrics.values() for m in split}) or []
+    writer = ResultWriter.create_or_resume(path, analysis=analysis, attrs=_attrs(analysis, checkpoints, **attrs),
+                                           coords=coords, dims=dims, splits=splits,
+                                           metrics=names if splits else ())
+    if splits:
+        idx = np.arange(writer.size)
+        if not finish:
+            idx = idx[: writer.size // 2]
+        writer.write(idx, {s: {m: np.asarray(v, dtype=np.float64).ravel()[idx] for m, v in ms.items()}
+                           for s, ms in metrics.items()})
+    for name, value in (extra or {}).items():
+        value, value_attrs = value if isinstance(value, tuple) else (value, None)
+        writer.put(name, value, value_attrs)
+    if not finish:
+        writer.close()
+        return Path(f"{path}.partial")
+    return writer.finish()
+
+
+def _loss_acc(loss: np.ndarray) -> dict[str, np.ndarray]:
+    with np.errstate(invalid="ignore", over="ignore"):
+        acc = np.clip(1.0 - 0.3 * np.tanh(loss), 0.0, 1.0)
+    acc = np.where(np.isfinite(loss), acc, loss)  # a diverged point has no accuracy either
+    return {"loss": loss, "accuracy": acc}
+
+
+def make_interpolate(tmp: Path, finish: bool = True) -> Path:
+    alpha = np.linspace(-0.5, 1.5, 21)
+    train = 0.2 + (alpha - 0.6) ** 2
+    test = 0.35 + 0.8 * (alpha - 0.5) ** 2
+    train[0] = np.inf   # diverged
+    train[3] = np.nan
+    test[20] = -np.inf
+    return _write(tmp / "interpolate.h5", "interpolate", ["runs/x/sgd/final.pt", "runs/x/swa/averaged.pt"],
+                  {"alpha": alpha}, ["alpha"], {"train": _loss_acc(train), "test": _loss_acc(test)},
+                  {"distance": (np.float64(12.3456), {"units": "Euclidean norm of B - A"})}, finish=finish)
+
+
+def make_rays(tmp: Path) -> Path:
+    d = np.linspace(0, 1, 11)
+    rng = np.random.default_rng(0)
+    curv = rng.uniform(1, 3, size=(2, 4, 1)) * np.array([1.0, 2.5])[:, None, None]
+    loss = 0.1 + curv * d ** 2
+    loss[0, 1, 7] = np.inf
+    loss[1, 2, 10] = np.nan
+    test = loss + 0.2
+    return _write(tmp / "rays.h5", "rays", ["r/swa/averaged.pt", "r/sgd/final.pt"],
+                  {"checkpoint": np.arange(2), "ray": np.arange(4), "distance": d},
+                  ["checkpoint", "ray", "distance"], {"train": _loss_acc(loss), "test": _loss_acc(test)},
+                  normalization="filter", ignore="biasbn", units="filter-normalized")
+
+
+def make_surface(tmp: Path) -> Path:
+    x = np.linspace(-1.0, 1.5, 9)   # non-square on purpose
+    y = np.linspace(-0.5, 1.0, 7)
+    gx, gy = np.meshgrid(x, y)
+    loss = 0.05 + gx ** 2 + 2 * (gy - 0.2) ** 2
+    loss[2, 3] = np.nan
+    loss[6, 8] = np.inf
+    return _write(tmp / "surface.h5", "surface", ["r/sgd/final.pt", "r/swa/averaged.pt", "r/sgd/epoch_0001.pt"],
+                  {"x": x, "y": y}, ["y", "x"], {"train": _loss_acc(loss), "test": _loss_acc(loss * 1.3 + 0.1)},
+                  {"models/coords": np.array([[0.0, 0.0], [1.0, 0.0], [0.3, 0.8]]),
+                   "models/names": np.array(["r/sgd/final.pt", "r/swa/averaged.pt", "r/sgd/checkpoints/epoch_0001.pt"],
+                                            dtype=object),
+                   "trajectory/coords": np.array([[0.3, 0.8], [0.5, 0.4], [0.8, 0.2], [1.0, 0.0]])},
+                  normalization="gram-schmidt", units="parameter distance")
+
+
+def make_segments(tmp: Path) -> Path:
+    alpha = np.linspace(0, 1, 11)
+    epochs = np.array([1, 20, 40, 60, 80])
+    seg = np.arange(4)[:, None]
+    loss = 2.0 / (1 + seg + alpha) + 0.1 * np.sin(np.pi * alpha)
+    loss[1, 5] = np.inf
+    loss[2, 6] = np.nan
+    return _write(tmp / "segments.h5", "segments", [f"r/sgd/checkpoints/epoch_{e:04d}.pt" for e in epochs],
+                  {"epoch": epochs, "segment": np.arange(4), "alpha": alpha}, ["segment", "alpha"],
+                  {"train": _loss_acc(loss), "test": _loss_acc(loss + 0.3)})
+
+
+def make_twopoint(tmp: Path) -> Path:
+    per_epoch = 10
+    intervals = np.array([0, 1, 2, 5, 10, 20, 50, 100, 200])
+    loss = 0.5 - 0.1 * np.log1p(intervals) + 0.02 * (intervals / 100) ** 2
+    loss[3] = np.nan
+    loss[6] = np.inf
+    gran = ["ref"] + ["step" if k < per_epoch else "epoch" for k in intervals[1:]]
+    return _write(tmp / "twopoint.h5", "twopoint", ["r/sgd/checkpoints/epoch_0020.pt"] * len(intervals),
+                  {"interval": intervals}, ["interval"], {"train": _loss_acc(loss), "test": _loss_acc(loss + 0.2)},
+                  {"interval_epochs": (intervals / per_epoch, {"units": "epochs"}),
+                   "granularity": np.array(gran, dtype=object)},
+                  ref_epoch=20, steps_per_epoch=per_epoch, interval_units="mini-batch steps")
+
+
+def make_trajectory(tmp: Path) -> Path:
+    T = 13
+    epochs = np.arange(T)
+    t = epochs / (T - 1)
+    coords = np.stack([np.cos(3 * t) * (1 - t), np.sin(3 * t) * (1 - t)], 1) * 5
+    coords[5] = np.nan
+    d1 = np.r_[np.nan, np.linalg.norm(np.diff(coords, axis=0), axis=1)]
+    d2 = np.r_[np.nan, np.nan, np.linalg.norm(coords[2:] - coords[:-2], axis=1)]
+    lr = np.where(epochs <= 8, 0.1, 0.01)
+    sx, sy = np.linspace(-3, 6, 11), np.linspace(-2, 4, 9)
+    gx, gy = np.meshgrid(sx, sy)
+    surf = 0.05 + 0.1 * (gx ** 2 + gy ** 2)
+    surf[0, 0] = np.inf
+    loss = 2.0 * np.exp(-epochs / 4) + 0.05
+    loss[7] = np.nan
+    return _write(tmp / "trajectory.h5", "trajectory", [f"r/sgd/checkpoints/epoch_{e:04d}.pt" for e in epochs],
+                  {"epoch": epochs}, ["epoch"], {"train": _loss_acc(loss), "test": _loss_acc(loss + 0.2)},
+                  {"pca/coords": coords, "pca/explained_variance_ratio": np.array([0.62, 0.21]),
+                   "pca/residual": np.abs(np.sin(epochs)), "timedelay/d1": d1, "timedelay/d2": d2, "lr": lr,
+                   "surface/x": sx, "surface/y": sy, "surface/train/loss": surf,
+                   "surface/train/accuracy": np.full_like(surf, 0.9)},
+                  layer="fc", center="mean")
+
+
+def make_sharpness(tmp: Path) -> Path:
+    eig = np.array([35.0, 21.0, np.nan, 8.5, np.inf])
+    grid = np.linspace(-5, 40, 60)
+    dens = np.exp(-0.5 * (grid / 3) ** 2) + 0.01 * np.exp(-0.5 * ((grid - 30) / 2) ** 2)
+    dens[10] = np.nan
+    return _write(tmp / "sharpness.h5", "sharpness", ["r/sgd/final.pt"], {}, [], {},
+                  {"eigenvalues": eig, "trace": np.float64(123.4), "density/grid": grid, "density/values": dens},
+                  lr=0.1)
+
+
+MAKERS = {"interpolate": make_interpolate, "rays": make_rays, "surface": make_surface,
+          "segments": make_segments, "twopoint": make_twopoint, "trajectory": make_trajectory,
+          "sharpness": make_sharpness}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> dict[str, Path]:
+    tmp = tmp_path_factory.mktemp("results")
+    return {kind: make(tmp) for kind, make in MAKERS.items()}
+
+
+def _data(fig: go.Figure) -> list[dict]:
+    """The traces as the browser receives them (plotly's own JSON encoding)."""
+    return json.loads(fig.to_json())["data"]
+
+
+def _trace(fig: go.Figure, **match) -> dict:
+    found = [t for t in _data(fig) if all(t.get(k) == v for k, v in match.items())]
+    assert found, f"no trace with {match}"
+    return found[0]
+
+
+# ============================================================================ figures
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_kind_has_title_axes_and_caption(results, kind):
+    fig = plots.figure(load_result(results[kind]))
+    layout = fig.layout
+    assert layout.title.text
+    cap = layout.meta["caption"]
+    assert f"landscape {kind}" in cap                       # the command
+    assert "mnist1d" in cap and "num_train=384" in cap      # the data
+    assert "128 samples per split" in cap                   # the subset
+    assert "recompute" in cap                               # the BN mode
+    assert "checkpoints" in cap
+    assert any(a.text == cap for a in layout.annotations)   # drawn on the figure too
+    titled = [ax for name, ax in layout.to_plotly_json().items() if re.fullmatch(r"[xy]axis\d*", name)
+              and ax.get("title", {}).get("text")]
+    assert len(titled) >= 2
+    json.loads(fig.to_json())  # serializable, no numpy leftovers
+
+
+def test_figure_accepts_a_path_and_rejects_unknown_analyses(results, tmp_path):
+    assert plots.figure(results["interpolate"]).layout.title.text
+    bogus = _write(tmp_path / "bogus.h5", "mystery", ["a.pt"], {"alpha": np.arange(3.0)}, ["alpha"],
+                   {"train": _loss_acc(np.ones(3))})
+    with pytest.raises(UserError, match="mystery"):
+        plots.figure(load_result(bogus))
+
+
+def test_interpolate_gaps_endpoints_and_exact_hover(results):
+    r = load_result(results["interpolate"])
+    fig = plots.figure(r)
+    train = _trace(fig, name="train", xaxis="x")
+    assert train["y"][0] is None and train["y"][3] is None   # inf and NaN: gaps ...
+    assert all(v is not None for i, v in enumerate(train["y"]) if i not in (0, 3))
+    assert 0 not in (train["y"][0], train["y"][3])            # ... never zeros
+    test_err = _trace(fig, name="test", xaxis="x2")
+    assert test_err["y"][20] is None
+    # Hover carries the exact stored value.
+    k = 7
+    assert train["customdata"][k][1] == repr(float(r.metrics["train"]["loss"][k]))
+    # Diverged points are marked, with the non-finite value in the hover.
+    diverged = [t for t in _data(fig) if t.get("name") == "diverged (inf/NaN)"]
+    hovers = [c[0] for t in diverged for c in t["customdata"]]
+    assert "+inf" in hovers and "NaN" in hovers and "-inf" in hovers
+    # Endpoints named after their checkpoints; the distance in the axis title.
+    names = {t.get("name") for t in _data(fig)}
+    assert "A = sgd/final.pt" in names and "B = swa/averaged.pt" in names
+    assert "12.35" in fig.layout.xaxis.title.text
+    # A log-scale toggle for both panels.
+    buttons = fig.layout.updatemenus[0].buttons
+    assert [b.args[0] for b in buttons] == [{"yaxis.type": "linear", "yaxis2.type": "linear"},
+                                            {"yaxis.type": "log", "yaxis2.type": "log"}]
+
+
+def test_rays_lines_bands_and_gaps(results):
+    fig = plots.figure(load_result(results["rays"]))
+    data = _data(fig)
+    means = [t for t in data if t.get("name") in ("swa/averaged.pt", "sgd/final.pt") and t["xaxis"] == "x"]
+    assert len(means) == 2 and {t["line"]["color"] for t in means} == {plots.PALETTE[0], plots.PALETTE[1]}
+    rays = _trace(fig, name="swa/averaged.pt rays", xaxis="x")
+    # 4 rays of 11 points, each followed by a separator gap.
+    assert len(rays["y"]) == 4 * 12
+    assert rays["y"][1 * 12 + 7] is None          # the inf point of ray 1
+    assert rays["y"][1 * 12 + 6] is not None
+    band = [t for t in data if t.get("fill") == "tonexty"]
+    assert len(band) == 2 * 4                      # per checkpoint, per panel
+    assert "filter-normalized" in fig.layout.xaxis3.title.text
+
+
+def test_surface_contour_3d_switch_and_models(results):
+    fig = plots.figure(load_result(results["surface"]))
+    contour = _trace(fig, type="contour", name="train loss")
+    z = contour["z"]
+    assert len(z) == 7 and len(z[0]) == 9          # (ny, nx), non-square
+    assert z[2][3] is None and z[6][8] is None      # NaN and inf are gaps
+    assert z[0][0] == pytest.approx(math.log10(0.05 + 1 + 2 * 0.7 ** 2))
+    assert contour["customdata"][0][0][2] == repr(0.05 + 1 + 2 * (-0.5 - 0.2) ** 2)
+    surfaces = [t for t in _data(fig) if t["type"] == "surface"]
+    assert len(surfaces) == 2 and all(t["visible"] is False for t in surfaces)
+    labels = [b.label for b in fig.layout.updatemenus[0].buttons]
+    assert labels == ["contour", "3-D surface"]
+    vis_3d = fig.layout.updatemenus[0].buttons[1].args[0]["visible"]
+    assert [fig.data[i].type for i, v in enumerate(vis_3d) if v].count("surface") == 2
+    models = _trace(fig, name="models", xaxis="x")
+    assert models["text"] == ["sgd/final.pt", "swa/averaged.pt", "sgd/epoch_0001.pt"]
+    assert _trace(fig, name="trajectory", xaxis="x")["x"][-1] == 1.0
+    assert fig.layout.yaxis.scaleanchor == "x"      # metric plane: equal units
+
+
+def test_segments_concatenated_with_anchor_labels(results):
+    fig = plots.figure(load_result(results["segments"]))
+    train = _trace(fig, name="train", xaxis="x")
+    xs = [x for x in train["x"] if x is not None]
+    assert xs[0] == 0 and xs[-1] == 4
+    assert train["y"][1 * 12 + 5] is None and train["y"][2 * 12 + 6] is None
+    assert list(fig.layout.xaxis.ticktext) == [f"θ<sub>{e}</sub>" for e in (1, 20, 40, 60, 80)]
+
+
+def test_twopoint_log_axis_in_epochs(results):
+    fig = plots.figure(load_result(results["twopoint"]))
+    train = _trace(fig, name="train", xaxis="x")
+    assert train["x"] == [0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0]   # interval 0 (the reference) is a line
+    assert train["y"][2] is None and train["y"][5] is None
+    assert fig.layout.xaxis.type == "log" and "epochs" in fig.layout.xaxis.title.text
+    assert any(t.get("name", "").endswith("alone") for t in _data(fig))
+
+
+def test_trajectory_pca_phases_timedelay(results):
+    fig = plots.figure(load_result(results["trajectory"]))
+    path = _trace(fig, name="trajectory")
+    assert path["x"][5] is None and path["x"][4] is not None
+    assert "62.0% of variance" in fig.layout.xaxis.title.text and "21.0%" in fig.layout.yaxis.title.text
+    phases = _trace(fig, name="LR phase starts")
+    assert phases["text"] == ["lr → 0.01"]
+    td = _trace(fig, name="time delay")
+    assert td["x"][0] is None and td["y"][1] is None
+    contour = _trace(fig, type="contour")
+    assert contour["z"][0][0] is None
+
+
+def test_sharpness_spectrum_and_stability_line(results):
+    fig = plots.figure(load_result(results["sharpness"]))
+    eig = _trace(fig, name="eigenvalues")
+    assert eig["y"][:3] == [35.0, 21.0, 8.5] and eig["y"][3:] == [None, None]
+    assert any("2/lr = 20" in (a.text or "") for a in fig.layout.annotations)
+    assert _trace(fig, name="density")["y"][10] is None
+    assert "trace = 123.4" in fig.layout.title.subtitle.text
+
+
+def test_partial_result_is_drawn_and_says_so(tmp_path):
+    partial = make_interpolate(tmp_path, finish=False)
+    fig = plots.figure(load_result(partial))
+    assert "unfinished" in fig.layout.meta["caption"]
+    y = _trace(fig, name="train", xaxis="x")["y"]
+    assert y[-1] is None                             # not computed: a gap without a diverged marker
+
+
+# ============================================================================ HTML
+
+def _assert_self_contained(text: str) -> None:
+    assert not re.search(r"<script\b[^>]*\bsrc\s*=", text, re.I), "external script"
+    assert not re.search(r"<link\b[^>]*\bhref\s*=\s*[\"']?https?:", text, re.I), "external stylesheet"
+    # Outside the scripts (plotly.js itself mentions URLs it never fetches here) no URL at all;
+    # the browser test checks that the page requests nothing from the network.
+    markup = re.sub(r"<script\b.*?</script>", "", text, flags=re.S | re.I)
+    assert not re.search(r"https?://", markup), re.search(r".{60}https?://.{60}", markup)
+    assert text.count("window.PlotlyConfig") == 1     # plotly.js embedded exactly once
+
+
+def test_plot_result_writes_self_contained_html_beside_the_file(results):
+    out = plots.plot_result(results["interpolate"])
+    assert out == results["interpolate"].with_suffix(".html") and out.exists()
+    text = out.read_text()
+    _assert_self_contained(text)
+    assert "<title>interpolate: interpolate.h5</title>" in text
+    assert "null" in text
+
+
+def test_write_html_one_plotlyjs_many_figures_atomic(results, tmp_path):
+    figs = [plots.figure(load_result(results[k])) for k in ("interpolate", "rays")]
+    out = plots.write_html([figs[0], "<p id='between'>between</p>", figs[1]], tmp_path / "page.html", "Two",
+                           caption_html="<b>hello</b>")
+    text = out.read_text()
+    _assert_self_contained(text)
+    assert text.index("figure-1") < text.index("id='between'") < text.index("figure-2")
+    assert [p.name for p in tmp_path.iterdir()] == ["page.html"]   # no temp file left behind
+
+
+def test_save_png_without_kaleido_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "kaleido", None)   # import kaleido -> ImportError
+    fig = go.Figure(go.Scatter(x=[0, 1], y=[1, 2]))
+    with pytest.raises(UserError, match="kaleido"):
+        plots.save_png(fig, tmp_path / "x.png")
+
+
+# ============================================================================ run directory
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    from landscape.train import TrainConfig, train
+
+    run = tmp_path_factory.mktemp("run") / "run"
+    train(TrainConfig(data_options={"num_train": 384, "num_test": 256}, batch_size=64, epochs=2, device="cpu",
+                      optimizers=["sgd", "swa"], swa_start=2), run)
+    (run / "analyses").mkdir()
+    make_interpolate(run / "analyses")
+    make_sharpness(run / "sgd")
+    return run
+
+
+def test_metrics_figure_of_a_run(run_dir):
+    fig = plots.metrics_figure(run_dir)
+    names = {t.name for t in fig.data}
+    assert {"sgd", "swa", "swa (averaged)"} <= names
+    dashed = [t for t in fig.data if t.name == "swa (averaged)"]
+    assert dashed and all(t.line.dash == "dash" for t in dashed)
+    assert fig.layout.yaxis5.type == "log"          # the LR panel
+    with pytest.raises(UserError):
+        plots.metrics_figure(run_dir / "nothing-here")
+
+
+def test_report_of_a_run(run_dir):
+    out = plots.report(run_dir)
+    assert out == run_dir / "report.html"
+    text = out.read_text()
+    _assert_self_contained(text)
+    assert text.index("analyses/interpolate.h5") < text.index("sgd/sharpness.h5")
+    assert '<table class="summary">' in text
+    swa_row = re.search(r"<tr><td>swa</td>(.*?)</tr>", text).group(1)
+    assert swa_row.count("%") >= 3                   # final, averaged and best test accuracy
+    sgd_row = re.search(r"<tr><td>sgd</td>(.*?)</tr>", text).group(1)
+    assert "—" in sgd_row                            # sgd has no averaged model
+
+
+# ============================================================================ in a browser
+
+SWITCH_BUTTONS = """
+(async () => {
+  for (const gd of document.querySelectorAll('.js-plotly-plot')) {
+    const menus = gd.layout.updatemenus || [];
+    for (const menu of menus) {
+      const b = (menu.buttons || []).find(b => b.label === '3-D surface' || b.label === 'log scale');
+      if (b) await Plotly[b.method](gd, ...b.args);
+    }
+  }
+  return true;
+})()
+"""
+
+
+def _nulls(fig: go.Figure) -> int:
+    """None entries of every trace's x, y and z arrays (nested for grids)."""
+    def count(v) -> int:
+        if v is None:
+            return 1
+        return sum(count(u) for u in v) if isinstance(v, list) else 0
+    return sum(count(t.get(k)) for t in _data(fig) for k in ("x", "y", "z") if isinstance(t.get(k), list))
+
+
+@needs_chromium
+def test_pages_render_in_chromium(results, run_dir, tmp_path):
+    pages = {kind: plots.plot_result(results[kind], tmp_path / f"{kind}.html") for kind in KINDS}
+    figs = {kind: plots.figure(load_result(results[kind])) for kind in KINDS}
+    report = plots.report(run_dir, tmp_path / "report.html")
+    with browser.Browser() as b:
+        for kind, page_path in pages.items():
+            # The interpolation page is also switched to its log scale (a button of the page).
+            page = b.load(page_path, tmp_path / f"{kind}.png",
+                          script=SWITCH_BUTTONS if kind == "interpolate" else None)
+            assert page.console_errors == [], (kind, page.console_errors)
+            assert page.external_requests == [], (kind, page.external_requests)
+            assert page.plotly_version and len(page.divs) == 1
+            div = page.divs[0]
+            assert div["container"] and div["main_svg"] >= 1, (kind, div)
+            assert div["traces"] == len(figs[kind].data), (kind, div)
+            assert div["svg_traces"] >= 1 and div["height"] > 400, (kind, div)
+            # NaN/inf arrive in the browser as null (gaps), as many as the figure holds.
+            assert div["nulls"] == _nulls(figs[kind]) > 0, (kind, div)
+            assert page.screenshot.stat().st_size > 20_000
+        # The 3-D view of the surface draws with WebGL, without errors.
+        page = b.load(pages["surface"], tmp_path / "surface-3d.png", script=SWITCH_BUTTONS)
+        assert page.console_errors == []
+        assert page.divs[0]["gl_scenes"] == 2 and page.divs[0]["visible"] == 2 + 2 * 2
+        # The report: metrics figure + one figure per result file.
+        page = b.load(report, tmp_path / "report.png", expect_divs=3)
+        assert page.console_errors == [] and page.external_requests == []
+        assert len(page.divs) == 3 and all(d["main_svg"] >= 1 for d in page.divs)
+        assert page.title.startswith("landscape report")
