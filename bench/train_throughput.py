@@ -3,9 +3,14 @@
 
 Run from the repository root::
 
-    .venv/bin/python bench/train_throughput.py                 # full run (a few minutes on 2 cores)
-    .venv/bin/python bench/train_throughput.py --quick         # smoke run (about a minute)
+    .venv/bin/python bench/train_throughput.py                 # full run, wall clock (~10 min on 2 cores)
+    .venv/bin/python bench/train_throughput.py --clock cpu     # same, thread CPU time, 1 thread
+    .venv/bin/python bench/train_throughput.py --quick         # smoke run (1-3 minutes)
     .venv/bin/python bench/train_throughput.py --device cuda --results bench/RESULTS.md
+
+On a shared machine prefer ``--clock cpu``: it times this thread's CPU time with one
+intra-op thread, which other processes cannot inflate, whereas a 2-thread run on 2 cores
+next to another busy process stalls 5-20x at every parallel region (seen here).
 
 What is measured (every comparison interleaved in one process: each round runs every
 variant once, in a rotating order, and the best of the rounds counts, so load from other
@@ -28,7 +33,9 @@ processes on a shared machine hits both sides alike):
    step (asgd ``--avg-every step``) or once per epoch, against plain SGD; plus the cost of
    one ``update_parameters`` call measured on its own.
 4. Diagnosis variants of the trainer's step (not what the trainer does today):
-   channels_last, bf16 autocast, batch 256, one intra-op thread, ``torch.compile``.
+   channels_last, bf16 autocast, both, SGD ``foreach=True``, batch 256, one intra-op
+   thread, ``torch.compile``; a foreach SAM (bit-identical to ``landscape.optim.SAM``)
+   and a foreach-lerp per-step averager. Printed with a torch.profiler breakdown.
 
 ``--results FILE`` appends the summary as a markdown section to FILE (creating it with a
 ``# Benchmark results`` header when missing).
@@ -288,6 +295,7 @@ def ours_runner(
     threads: int | None = None,
     epochs: int | None = None,
     optimizer_variant: str | None = None,
+    averager: str | None = None,  # None (uniform_average, the trainer's) | "foreach" | "lerp"
 ) -> Runner:
     """The per-step body of ``landscape.train.train_optimizer``, for ``epochs`` whole epochs.
 
@@ -310,7 +318,13 @@ def ours_runner(
         optimizer = make_variant_optimizer(name, model, cfg, optimizer_variant)
         forward_model = compiled if compiled is not None else model
         schedule = lt.lr_schedule(name, cfg)
-        averaged = uniform_average(model) if average else None
+        averaged = None
+        if average:
+            from torch.optim.swa_utils import AveragedModel, get_swa_multi_avg_fn
+
+            averaged = {None: lambda: uniform_average(model),
+                        "foreach": lambda: AveragedModel(model, multi_avg_fn=get_swa_multi_avg_fn()),
+                        "lerp": lambda: LerpAverage(model)}[averager]()
         data_rng = torch.Generator().manual_seed(0)
         steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
         ctx = torch.autocast(device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
@@ -542,6 +556,38 @@ class ForeachSAM(SAM):
         self.base_optimizer.step()
         if zero_grad:
             self.zero_grad()
+
+
+class LerpAverage(torch.optim.swa_utils.AveragedModel):
+    """Diagnosis variant (not in the trainer): ``uniform_average`` with a cheap per-step update.
+
+    Same state as ``AveragedModel`` (``module``, ``n_averaged``; parameters averaged,
+    buffers copied), but ``update_parameters`` caches the two parameter/buffer lists on
+    the first call and then does one ``torch._foreach_lerp_(avg, params, 1/(n+1))`` and one
+    ``torch._foreach_copy_`` for the buffers, counting in a Python int (no device sync).
+    The weight ``1/(n+1)`` is torch's own CUDA path (``get_swa_multi_avg_fn``); on the CPU
+    torch computes ``a + (x - a) / (n + 1)`` instead, so results differ in the last bits.
+    """
+
+    def update_parameters(self, model: nn.Module) -> None:  # type: ignore[override]
+        cache = getattr(self, "_lerp_cache", None)
+        if cache is None or cache[0] is not model:
+            self._lerp_cache = cache = (
+                model,
+                [p.detach() for p in self.module.parameters()], [p.detach() for p in model.parameters()],
+                [b for b in self.module.buffers()], [b for b in model.buffers()],
+                int(self.n_averaged),
+            )
+        _, avg, cur, avg_b, cur_b, n = cache
+        with torch.no_grad():
+            if n == 0:
+                torch._foreach_copy_(avg, cur)
+            else:
+                torch._foreach_lerp_(avg, cur, 1.0 / (n + 1))
+            if avg_b:
+                torch._foreach_copy_(avg_b, cur_b)
+        self._lerp_cache = cache[:5] + (n + 1,)
+        self.n_averaged.fill_(n + 1)
 
 
 def make_variant_optimizer(name: str, model: nn.Module, cfg: lt.TrainConfig, variant: str | None) -> torch.optim.Optimizer:
@@ -784,6 +830,8 @@ def bench_averaging(case: Case, device: torch.device, quick: bool) -> None:
         "sgd": ours_runner(case, device, "sgd"),
         "asgd_step": ours_runner(case, device, "asgd", average="step"),
         "asgd_epoch": ours_runner(case, device, "asgd", average="epoch"),
+        "asgd_step_foreach": ours_runner(case, device, "asgd", average="step", averager="foreach"),
+        "asgd_step_lerp": ours_runner(case, device, "asgd", average="step", averager="lerp"),
     }, rounds)
     n_upd = 20 if quick else 100
     if case.model != "cnn1d":
@@ -818,6 +866,14 @@ def bench_averaging(case: Case, device: torch.device, quick: bool) -> None:
             ROWS.append(Row(case.key, "  averaging floor: one _foreach_lerp_ per step", f"{upd_direct * 1e3:.3f} ms",
                             f"{upd * 1e3:.3f} ms (as is)", f"{upd_direct / step_cost:+.2%} of a step", "<= 3%",
                             "info"))
+            for v, label2 in (("asgd_step_foreach", "AveragedModel(multi_avg_fn=get_swa_multi_avg_fn())"),
+                              ("asgd_step_lerp", "LerpAverage (cached lists, one _foreach_lerp_)")):
+                o = t[v].best / t["sgd"].best - 1
+                say(f"    variant in the loop, {label2}: {o:+.1%} vs sgd "
+                    f"(per-round {', '.join(f'{r - 1:+.1%}' for r in paired_ratios(t[v], t['sgd']))})")
+                ROWS.append(Row(case.key, f"  variant: per-step averaging with {v.split('_')[-1]}",
+                                fmt_rate(t[v].rate), f"{fmt_rate(t['sgd'].rate)} (sgd)", f"{o:+.1%}", "<= 3%",
+                                "info"))
 
 
 def bench_end_of_epoch_averaging(case: Case, device: torch.device) -> None:

@@ -13,6 +13,8 @@ BatchNorm statistics, so recompute them afterwards with
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel
@@ -20,13 +22,28 @@ from torch.optim.swa_utils import AveragedModel
 from landscape.errors import UserError
 
 
+def _lerp_towards(weight: Callable[[int], float]):
+    """An AveragedModel ``multi_avg_fn`` doing a <- a + weight(n) (theta - a) on the n-th update.
+
+    One fused ``_foreach_lerp_`` with a Python-float weight over all tensors, instead of a
+    chain of ops per tensor: measured on CPU (bench/train_throughput.py) this turns the
+    cost of averaging every step from ~5% of a cnn1d step into noise.
+    """
+
+    def multi_avg_fn(averaged: list[Tensor], current: list[Tensor], num_averaged: Tensor) -> None:
+        # AveragedModel copies theta_1 itself and calls us from the 2nd update on, with
+        # num_averaged = n - 1.
+        torch._foreach_lerp_(averaged, current, weight(int(num_averaged) + 1))
+
+    return multi_avg_fn
+
+
 def uniform_average(model: nn.Module, device: torch.device | str | None = None) -> AveragedModel:
     """A running mean of ``model``'s parameters; call ``.update_parameters(model)`` per sample.
 
     ``device`` may put the copy elsewhere (e.g. "cpu" to spare accelerator memory).
     """
-    # AveragedModel's default avg_fn *is* the equal-weight running mean.
-    return AveragedModel(model, device=device)
+    return AveragedModel(model, device=device, multi_avg_fn=_lerp_towards(lambda n: 1.0 / n))
 
 
 def bias_corrected_ema(
@@ -42,16 +59,11 @@ def bias_corrected_ema(
     if not 0.0 <= gamma < 1.0:
         raise UserError(f"EMA factor gamma must be in [0, 1), got {gamma}")
 
-    def avg_fn(averaged: Tensor, current: Tensor, num_averaged: Tensor | int) -> Tensor:
-        # Writing a_n = m_n / (1 - gamma^n) and eliminating m gives
-        #   a_n = a_{n-1} + (theta_n - a_{n-1}) * (1 - gamma) / (1 - gamma^n).
-        # For n = 1 the weight is 1, i.e. a_1 = theta_1: exactly AveragedModel's copy on
-        # its first update, after which it calls us with num_averaged = n - 1.
-        n = int(num_averaged) + 1
-        weight = (1.0 - gamma) / (1.0 - gamma**n)
-        return averaged + (current - averaged) * weight
-
-    return AveragedModel(model, device=device, avg_fn=avg_fn)
+    # Writing a_n = m_n / (1 - gamma^n) and eliminating m gives
+    #   a_n = a_{n-1} + (theta_n - a_{n-1}) * (1 - gamma) / (1 - gamma^n).
+    # For n = 1 the weight is 1, i.e. a_1 = theta_1: exactly AveragedModel's first copy.
+    return AveragedModel(model, device=device,
+                         multi_avg_fn=_lerp_towards(lambda n: (1.0 - gamma) / (1.0 - gamma**n)))
 
 
 def phase_gamma(epochs_in_phase: int, gamma0: float = 0.9) -> float:
