@@ -63,3 +63,50 @@ def test_unwritable_out_and_existing_run(tmp_path):
 def test_help_has_examples():
     result = landscape("train", "--help")
     assert result.returncode == 0 and "landscape train --optimizer sgd --optimizer swa" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    result = landscape("train", "--optimizer", "sgd", "--optimizer", "swa", "--epochs", "3", "--swa-start", "2",
+                       *SMALL, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+def test_analysis_plot_and_report(small_run, tmp_path):
+    line = small_run / "line.h5"
+    result = landscape("interpolate", str(small_run / "sgd" / "final.pt"), str(small_run / "swa" / "averaged.pt"),
+                       "--points", "5", "--split", "test", "--device", "cpu", "-o", str(line), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["analysis"] == "interpolate" and summary["points"] == 5
+    assert summary["splits"]["test"]["diverged_points"] == 0
+    again = landscape("interpolate", str(small_run / "sgd" / "final.pt"), str(small_run / "swa" / "averaged.pt"),
+                      "--points", "5", "--split", "test", "--device", "cpu", "-o", str(line), "--json")
+    assert again.returncode == 0 and json.loads(again.stdout) == summary  # a finished result is not recomputed
+    result = landscape("plot", str(line), "-o", str(tmp_path / "line.html"))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "line.html").stat().st_size > 100_000  # plotly.js is embedded
+    result = landscape("report", str(small_run), "-o", str(tmp_path / "report.html"))
+    assert result.returncode == 0, result.stderr
+    assert "line.h5" in (tmp_path / "report.html").read_text()
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["interpolate", "missing_a.pt", "missing_b.pt"], "missing_a.pt"),
+    (["interpolate", "{run}/sgd/final.pt", "{run}/swa/averaged.pt", "--range", "1:0"], "empty range"),
+    (["interpolate", "{run}/sgd/final.pt", "{run}/swa/averaged.pt", "--bn", "maybe"], "--bn"),
+    (["rays", "{run}/sgd/final.pt", "--rays", "0"], "--rays"),
+    (["surface", "{run}/sgd/final.pt", "--x", "-1:1"], "--x"),
+    (["surface", "{run}/sgd/final.pt", "--norm", "spectral"], "spectral"),
+    (["segments", "{run}", "--epochs", "1,2"], "RUN/<optimizer>"),
+    (["segments", "{run}/sgd", "--epochs", "1,99"], "epoch 99"),
+    (["trajectory", "{run}/sgd", "--layer", "nope"], "nope"),
+    (["plot", "{run}/sgd/final.pt"], "final.pt"),
+    (["report", "{run}/nowhere"], "nowhere"),
+])
+def test_bad_analysis_input(small_run, args, fragment):
+    result = landscape(*[a.format(run=small_run) for a in args], "--device", "cpu") if args[0] not in (
+        "plot", "report") else landscape(*[a.format(run=small_run) for a in args])
+    assert_one_line_error(result, fragment)
