@@ -475,6 +475,13 @@ def demo(
         open_in_browser(summary.report)
 
 
+# Commands kept in their own modules; they import the helpers above lazily.
+from cli import compare as _compare, sharpness as _sharpness  # noqa: E402
+
+_sharpness.register(app)
+_compare.register(app)
+
+
 def main() -> None:
     try:
         app()
