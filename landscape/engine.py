@@ -26,7 +26,9 @@ How the engine is fast:
   convolutions for the scoring pass (no gain: 0.375 s vs 0.345 s per 512 ResNet-20 images in
   channels_last, oneDNN already fuses it cheaply), oneDNN tensors (``torch.utils.mkldnn``:
   no gain), ``torch.compile`` (1.25x on ResNet-20 but ~25 s of compilation per process and a
-  recompile per batch shape), 1 thread instead of 2 (2x slower).
+  recompile per batch shape), running ``nn.Conv1d`` as a channels_last 2-D convolution
+  (cnn1d: 42.9 vs 42.7 ms per point, no gain), 1 thread instead of 2 (2x slower on an idle
+  machine).
 
 Every number is the same kind as ``landscape.evaluate.evaluate``: per-sample mean
 cross-entropy and accuracy over the whole split (or a fixed seeded subset), accumulated in
@@ -366,7 +368,7 @@ class Engine:
         self.num_classes = data.num_classes
         self._check_fit(data)
 
-        # CPU convolutions run ~1.3-1.6x faster in channels_last (measured, see choose_strategy).
+        # CPU 2-D convolutions run ~1.3-1.6x faster in channels_last (measured, see the module doc).
         self.channels_last = self.device.type == "cpu" and any(
             isinstance(m, nn.Conv2d) for m in self.model.modules())
         # Loop strategy: all floating tensors of the model become views of one flat buffer.
@@ -484,7 +486,7 @@ class Engine:
         slower per image at 512 than at 32-128 (channels_last), while MNIST-1D's cnn1d was
         flat from 512 to 2048. Rule: the largest layer output of a batch should fit ~8 MiB
         (the L2+L3 share of a core), at least 32 samples, at most ``batch_size``
-        (ResNet-20 on 32x32: 128; cnn1d: 1724 -> 1724; MLPs: ``batch_size``).
+        (ResNet-20 on 32x32: 128; MNIST-1D cnn1d: 1724; small MLPs: ``batch_size``).
         """
         if self.device.type != "cpu":
             return self.batch_size
@@ -521,6 +523,26 @@ class Engine:
     def flatten(self, state_dict: Mapping[str, Tensor]) -> Tensor:
         """The point of a checkpoint's state_dict (UserError if it does not fit this model)."""
         return self.layout.flatten(state_dict)
+
+    def split_data(self, split: str) -> Split:
+        """The samples the engine scores for ``split`` (the seeded subset when ``subset`` is set)."""
+        if split not in self._data:
+            raise UserError(f"split {split!r} is not evaluated by this engine (splits: {', '.join(self.splits)})")
+        return self._data[split]
+
+    def scored_state(self, point: Tensor) -> dict[str, Tensor]:
+        """The full state_dict that is scored at ``point``: with bn="recompute" its BatchNorm
+        statistics are the recomputed ones. Fresh contiguous tensors on the engine's device
+        (usable with autograd; integer buffers included)."""
+        point = self._points(point)
+        if len(point) != 1:
+            raise UserError(f"scored_state takes one point, got {len(point)}")
+        with torch.inference_mode():
+            self._load(point[0].to(self.device))
+            if self.recompute:
+                self._recompute_bn()
+        with torch.no_grad():
+            return {k: v.detach().clone().contiguous() for k, v in self.model.state_dict().items()}
 
     def evaluate(self, points: Tensor) -> Results:
         """Loss and accuracy at every point: ``{split: {"loss": (P,), "accuracy": (P,)}}`` float64."""

@@ -1047,7 +1047,89 @@ def _trajectory(r: Any) -> go.Figure:
 
 # ============================================================================ sharpness
 
+def _sharpness_along(r: Any) -> go.Figure:
+    """``sharpness --along line.h5``: lambda_max (and trace / SAM sharpness) at every alpha."""
+    alpha = np.asarray(r.coords["alpha"], dtype=np.float64)
+    split = _text(r.attrs.get("split", "")) or (_splits(r) or ["train"])[0]
+    m = r.metrics.get(split, {})
+    lr = _scalar(r.attrs.get("lr"))
+    limit = 2.0 / lr if lr and lr > 0 else None
+    names = [checkpoint_name(p) for p in _as_list(r.attrs.get("checkpoints"))]
+    a_name, b_name = (names + ["A", "B"])[:2] if len(names) < 2 else names[:2]
+    right = next((k for k in ("trace", "sam_ascent", "loss") if k in m), None)
+    right_title = {"trace": "Hessian trace (± 1 s.e.)", "sam_ascent": "SAM sharpness",
+                   "loss": f"{split} loss"}.get(right or "", "")
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Top Hessian eigenvalue λ<sub>max</sub>", right_title),
+                        horizontal_spacing=0.1)
+    coord_txt = [f"α = {_coord(a)}" for a in alpha]
+
+    def line(values: np.ndarray, name: str, color: str, col: int, err: np.ndarray | None = None) -> None:
+        values = np.asarray(values, dtype=np.float64)
+        fig.add_trace(go.Scatter(
+            x=alpha.tolist(), y=_gaps(values), mode="lines+markers", name=name, line=dict(color=color, width=3),
+            marker=dict(size=6, color=color),
+            error_y=dict(type="data", array=_gaps(err), visible=True, color=color) if err is not None else None,
+            customdata=np.stack([np.array(coord_txt, dtype=object), _strings(values)], -1).tolist(),
+            hovertemplate=f"<b>{html.escape(name)} = %{{customdata[1]}}</b><br>%{{customdata[0]}}<extra></extra>",
+        ), row=1, col=col)
+
+    if "lambda_max" in m:
+        line(m["lambda_max"], "λ_max", PALETTE[0], 1)
+    if "lambda_min" in m:
+        line(m["lambda_min"], "λ_min", PALETTE[3], 1)
+    if right == "trace":
+        line(m["trace"], "trace", PALETTE[2], 2, m.get("trace_stderr"))
+    elif right is not None:
+        line(m[right], right_title, PALETTE[2], 2)
+    lam = np.asarray(m.get("lambda_max", []), dtype=np.float64)
+    top = float(np.nanmax(np.where(np.isfinite(lam), lam, np.nan))) if np.isfinite(lam).any() else None
+    if limit is not None and top is not None and top > 0 and limit > 4 * top:  # would squash the curve
+        fig.add_annotation(text=f"2/lr = {limit:.4g} (off scale: {limit / top:.0f}× the largest λ<sub>max</sub>)",
+                           xref="x domain", yref="y domain", x=0.98, y=0.9, xanchor="right", yanchor="top",
+                           showarrow=False, font=dict(size=13, color="#D55E00"))
+    elif limit is not None:
+        fig.add_hline(y=limit, line=dict(color="#D55E00", width=2, dash="dash"), row=1, col=1,
+                      annotation=dict(text=f"2/lr = {limit:.4g}", font=dict(size=13, color="#D55E00")),
+                      annotation_position="top right")
+    for col in (1, 2):
+        for a, letter, label in ((0.0, "A", a_name), (1.0, "B", b_name)):
+            if alpha.size and alpha.min() <= a <= alpha.max():
+                fig.add_vline(x=a, line=dict(color="#999", width=1.2, dash="dot"), row=1, col=col,
+                              annotation=dict(text=f"<b>{letter}</b> {html.escape(label)}", font=dict(size=12)),
+                              annotation_position="top left" if a == 0 else "top right")
+        fig.update_xaxes(title_text="α (0 = A, 1 = B)", row=1, col=col)
+    fig.update_yaxes(title_text="eigenvalue of the loss Hessian", row=1, col=1)
+    fig.update_yaxes(title_text=right_title, row=1, col=2)
+    sub = f"(1 − α)·A + α·B from A = {html.escape(a_name)} to B = {html.escape(b_name)}; {html.escape(split)} loss"
+    if limit is not None:
+        sub += f"; stability limit 2/lr = {limit:.4g} (lr = {lr:g})"
+    _finish(fig, r, "Sharpness along a line", sub)
+    return fig
+
+
+def _sharpness_layers(fig: go.Figure, r: Any, row: int) -> None:
+    """Per-module bars (``--by-layer``): lambda_max of each diagonal Hessian block, and its trace."""
+    labels = [_text(n) for n in _as_list(_extra(r, "by_layer/names"))]
+    lam = np.asarray(_extra(r, "by_layer/lambda_max"), dtype=np.float64).ravel()
+    fig.add_trace(go.Bar(x=labels, y=_gaps(lam), name="λ_max per module", marker_color=PALETTE[0],
+                         customdata=[_exact(v) for v in lam], offsetgroup="lam",
+                         hovertemplate="%{x}<br><b>λ_max = %{customdata}</b><extra></extra>"), row=row, col=1)
+    tr = _extra(r, "by_layer/trace")
+    if tr is not None:
+        tr = np.asarray(tr, dtype=np.float64).ravel()
+        err = _extra(r, "by_layer/trace_stderr")
+        fig.add_trace(go.Bar(x=labels, y=_gaps(tr), name="trace per module", marker_color=PALETTE[2],
+                             offsetgroup="trace",
+                             error_y=dict(type="data", array=_gaps(err)) if err is not None else None,
+                             customdata=[_exact(v) for v in tr],
+                             hovertemplate="%{x}<br><b>trace = %{customdata}</b><extra></extra>"), row=row, col=1)
+    fig.update_xaxes(title_text="module (diagonal block of the Hessian)", row=row, col=1)
+    fig.update_yaxes(title_text="λ_max / trace of the block", row=row, col=1)
+
+
 def _sharpness(r: Any) -> go.Figure:
+    if "alpha" in (getattr(r, "coords", None) or {}):
+        return _sharpness_along(r)
     eig = _extra(r, "eigenvalues")
     eig = np.asarray(eig, dtype=np.float64).ravel() if eig is not None else np.empty(0)
     trace_v = _scalar(_extra(r, "trace"))
@@ -1056,8 +1138,15 @@ def _sharpness(r: Any) -> go.Figure:
     if lr is None:
         lr = _scalar(_extra(r, "lr"))
     limit = 2.0 / lr if lr and lr > 0 else None
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("Top Hessian eigenvalues", "Spectral density"),
-                        horizontal_spacing=0.1)
+    layers = _extra(r, "by_layer/lambda_max") is not None and _extra(r, "by_layer/names") is not None
+    if layers:
+        fig = make_subplots(rows=2, cols=2, specs=[[{}, {}], [{"colspan": 2}, None]], row_heights=[0.6, 0.4],
+                            vertical_spacing=0.16, horizontal_spacing=0.1,
+                            subplot_titles=("Top Hessian eigenvalues", "Spectral density", "By module"))
+        _sharpness_layers(fig, r, 2)
+    else:
+        fig = make_subplots(rows=1, cols=2, subplot_titles=("Top Hessian eigenvalues", "Spectral density"),
+                            horizontal_spacing=0.1)
     order = np.argsort(-np.where(np.isfinite(eig), eig, -np.inf)) if eig.size else np.empty(0, int)
     idx = np.arange(1, eig.size + 1)
     fig.add_trace(go.Scatter(
@@ -1075,10 +1164,19 @@ def _sharpness(r: Any) -> go.Figure:
             customdata=[[str(idx[i]), _exact(eig[order][i])] for i in bad],
             hovertemplate="<b>λ<sub>%{customdata[0]}</sub> = %{customdata[1]}</b> (drawn as a gap)<extra></extra>",
         ), row=1, col=1)
-    if limit is not None:
+    # A limit far above the spectrum (small final lr) would squash the eigenvalues into a
+    # flat line: then it is stated in the panel instead of drawn.
+    top_eig = float(np.nanmax(np.where(np.isfinite(eig), eig, np.nan))) if np.isfinite(eig).any() else None
+    off_scale = limit is not None and top_eig is not None and top_eig > 0 and limit > 4 * top_eig
+    if limit is not None and not off_scale:
         fig.add_hline(y=limit, line=dict(color="#D55E00", width=2, dash="dash"), row=1, col=1,
                       annotation=dict(text=f"2/lr = {limit:.4g}", font=dict(size=13, color="#D55E00")),
                       annotation_position="top right")
+    elif off_scale:
+        ratio = limit / top_eig
+        fig.add_annotation(text=f"2/lr = {limit:.4g} (off scale: {ratio:.0f}× λ<sub>max</sub>)",
+                           xref="x domain", yref="y domain", x=0.98, y=0.98, xanchor="right", yanchor="top",
+                           showarrow=False, font=dict(size=13, color="#D55E00"))
     if grid is not None and dens is not None and np.size(grid) == np.size(dens):
         g, d = np.asarray(grid, dtype=np.float64).ravel(), np.asarray(dens, dtype=np.float64).ravel()
         d_draw = np.where(d > 0, d, np.nan)  # a log axis has no zero; zeros are gaps
@@ -1098,7 +1196,7 @@ def _sharpness(r: Any) -> go.Figure:
                 marker=dict(symbol="line-ns-open", size=16, color=PALETTE[0], line=dict(width=2)),
                 customdata=[_exact(v) for v in finite], hovertemplate="λ = %{customdata}<extra></extra>",
             ), row=1, col=2)
-    if limit is not None:
+    if limit is not None and not off_scale:
         fig.add_vline(x=limit, line=dict(color="#D55E00", width=2, dash="dash"), row=1, col=2,
                       annotation=dict(text=f"2/lr = {limit:.4g}", font=dict(size=13, color="#D55E00")),
                       annotation_position="top left")
@@ -1115,7 +1213,7 @@ def _sharpness(r: Any) -> go.Figure:
         parts.append(f"stability limit 2/lr = {limit:.4g} (lr = {lr:g})")
     else:
         parts.append("no lr recorded, so no 2/lr line")
-    _finish(fig, r, "Sharpness: Hessian spectrum", "; ".join(parts))
+    _finish(fig, r, "Sharpness: Hessian spectrum", "; ".join(parts), height=HEIGHT + (380 if layers else 0))
     return fig
 
 
@@ -1343,6 +1441,61 @@ def _summary_table(run_dir: Path) -> str:
     return f'<table class="summary">{head}{"".join(body)}</table>'
 
 
+def _compare_section(path: Path) -> str:
+    """The table of a `landscape compare` result (compare.h5) as HTML: mean ± std over seeds
+    and the paired difference to the baseline with its 95% CI, as the command prints it."""
+    from landscape.store import load_result
+
+    try:
+        r = load_result(path)
+        names = [_text(v) for v in r.coords["optimizer"]]
+        cells = [_text(v) for v in r.coords["sweep"]]
+        kinds = [_text(v) for v in r.coords["model"]]
+        base = np.asarray(r.extra["baseline_row"]).tolist()
+        stat = lambda metric, name: np.asarray(r.extra[f"stats/{metric}/{name}"], dtype=float)  # noqa: E731
+        acc = {k: stat("test_acc", k) for k in ("mean", "std")}
+        loss = {k: stat("test_loss", k) for k in ("mean", "std")}
+    except (KeyError, UserError) as exc:
+        return f'<p class="error">could not read {html.escape(str(path))}: {html.escape(str(exc))}</p>'
+    baseline = _text(r.attrs.get("baseline", ""))
+    has_diff = bool(baseline) and "stats/test_acc/diff_mean" in r.extra
+    sharp = "stats/sharpness/mean" in r.extra
+
+    def pm(m: float, s: float, scale: float, digits: int) -> str:
+        if not np.isfinite(m):
+            return "—"
+        return f"{scale * m:.{digits}f} ± {scale * s:.{digits}f}" if np.isfinite(s) else f"{scale * m:.{digits}f}"
+
+    def ci(metric: str, i: int, scale: float, digits: int) -> str:
+        if base[i] == i:
+            return "reference"
+        m, lo, hi = (float(r.extra[f"stats/{metric}/diff_{k}"][i]) for k in ("mean", "ci_low", "ci_high"))
+        if base[i] < 0 or not np.isfinite(m):
+            return "—"
+        return (f"{scale * m:+.{digits}f} [{scale * lo:+.{digits}f}, {scale * hi:+.{digits}f}]"
+                if np.isfinite(lo) else f"{scale * m:+.{digits}f}")
+
+    sweep = any(cells)
+    head = ["optimizer"] + (["sweep"] if sweep else []) + ["model", "test acc. (%)"]
+    head += [f"Δ acc. vs {baseline} (points) [95% CI]"] if has_diff else []
+    head += ["test loss"] + ([f"Δ loss vs {baseline} [95% CI]"] if has_diff else [])
+    head += ["top Hessian eig."] if sharp else []
+    body = []
+    for i, name in enumerate(names):
+        cols = [name] + ([cells[i] or "—"] if sweep else []) + [kinds[i], pm(acc["mean"][i], acc["std"][i], 100, 2)]
+        cols += [ci("test_acc", i, 100, 2)] if has_diff else []
+        cols += [pm(loss["mean"][i], loss["std"][i], 1, 4)] + ([ci("test_loss", i, 1, 4)] if has_diff else [])
+        if sharp:
+            cols.append(pm(float(r.extra["stats/sharpness/mean"][i]), float(r.extra["stats/sharpness/std"][i]), 1, 3))
+        body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cols) + "</tr>")
+    seeds = _as_list(r.attrs.get("seeds", []))
+    note = (f"{len(seeds)} seeds ({', '.join(map(str, seeds))}), {_text(r.attrs.get('epochs', '?'))} epochs; "
+            f"{_text(r.attrs.get('std', ''))}" + (f"; Δ: {_text(r.attrs.get('ci', ''))}" if has_diff else "")
+            + f". Command: {_text(r.attrs.get('command', ''))}")
+    return (f'<table class="summary"><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in head)}</tr>'
+            f'{"".join(body)}</table><p class="caption">{html.escape(note)}</p>')
+
+
 def _run_caption(run_dir: Path) -> str:
     config = run_dir / "config.json"
     if not config.exists():
@@ -1366,8 +1519,13 @@ def _run_caption(run_dir: Path) -> str:
 def report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """One page for a run: training curves, a summary table, and every result file inside it."""
     run_dir = Path(run_dir)
-    items: list[go.Figure | str] = ["<h2>Training</h2>", _summary_table(run_dir), metrics_figure(run_dir)]
-    results = sorted(p for p in run_dir.rglob("*.h5") if p.is_file())
+    compare_h5 = run_dir / "compare.h5"  # `landscape compare` output: its table first
+    items: list[go.Figure | str] = []
+    if compare_h5.is_file():
+        items += ["<h2>Comparison</h2>", _compare_section(compare_h5)]
+    if not compare_h5.is_file() or _optimizer_dirs(run_dir):
+        items += ["<h2>Training</h2>", _summary_table(run_dir), metrics_figure(run_dir)]
+    results = sorted(p for p in run_dir.rglob("*.h5") if p.is_file() and p != compare_h5)
     if results:
         from landscape.store import load_result
     for p in results:

@@ -19,6 +19,7 @@ import math
 import platform
 import shutil
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 import landscape
+from landscape import distributed
 from landscape.checkpoint import (
     atomic_torch_save,
     atomic_write_text,
@@ -202,20 +204,35 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def train_step(
-    name: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor
+    name: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+    *, global_batch: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One update; returns (loss, correct count) at the pre-step weights."""
+    """One update; returns (loss, correct count) at the pre-step weights.
+
+    Under DistributedDataParallel ``x, y`` are this rank's share of a global batch of
+    ``global_batch`` samples; DDP averages the ranks' gradients, so each rank's mean loss
+    is weighted by its share (a no-op when the shares are equal) and the update is the one
+    of the whole global batch. SAM/ASAM take the first (ascent) gradient inside
+    ``no_sync()``: each rank perturbs by its own shard's gradient (m-sharpness, m = the
+    per-rank batch), and the second gradient, at w + eps, is averaged over all ranks.
+    """
     optimizer.zero_grad(set_to_none=True)
-    logits = model(x)
-    loss = F.cross_entropy(logits, y)
-    loss.backward()
-    if isinstance(optimizer, SAM):
+    sam = isinstance(optimizer, SAM)
+    ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
+    weight = 1.0
+    if ddp and global_batch is not None and len(y) * distributed.world_size() != global_batch:
+        weight = len(y) * distributed.world_size() / global_batch
+    with model.no_sync() if sam and ddp else nullcontext():
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        (loss * weight if weight != 1.0 else loss).backward()
+    if sam:
         # Second gradient on the same batch at w + eps. BatchNorm running statistics
         # were updated by the first pass at w and must not move again.
         def closure() -> torch.Tensor:
             with frozen_bn_stats(model):
                 perturbed = F.cross_entropy(model(x), y)
-            perturbed.backward()
+            (perturbed * weight if weight != 1.0 else perturbed).backward()
             return perturbed
 
         optimizer.step(closure)
@@ -271,32 +288,52 @@ def train(
     """Train every optimizer in ``cfg`` into run directory ``out``."""
     cfg = cfg.resolved()
     out = Path(out)
-    prepare_run_dir(out, cfg.optimizers, resume=resume, force=force)
     config_path = out / "config.json"
-    if resume and config_path.exists():
-        previous = json.loads(config_path.read_text())["config"]
-        if previous != json.loads(json.dumps(asdict(cfg))):
-            changed = sorted(k for k in previous if previous[k] != asdict(cfg).get(k))
-            raise UserError(f"--resume with different settings than the run in {out} ({', '.join(changed)})")
+
+    def prepare() -> None:
+        prepare_run_dir(out, cfg.optimizers, resume=resume, force=force)
+        if resume and config_path.exists():
+            previous = json.loads(config_path.read_text())["config"]
+            if previous != json.loads(json.dumps(asdict(cfg))):
+                changed = sorted(k for k in previous if previous[k] != asdict(cfg).get(k))
+                raise UserError(f"--resume with different settings than the run in {out} ({', '.join(changed)})")
+
+    # Under torchrun (DistributedDataParallel) rank 0 alone touches the run directory; an
+    # error there is the same one-line error on every rank.
+    distributed.init()
+    distributed.on_main(prepare)
+    if not distributed.is_main():
+        progress = None
     device = resolve_device(cfg.device)
     data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, device=device, **cfg.data_options)
+    if distributed.is_distributed():
+        world, tail = distributed.world_size(), len(data.train) % cfg.batch_size or cfg.batch_size
+        _check(min(cfg.batch_size, tail) >= world,
+               f"--batch-size {cfg.batch_size} on {len(data.train)} samples leaves a batch of {tail}, "
+               f"fewer than the {world} processes; every process needs a share of every batch")
     spec = model_spec(cfg, data)
     torch.manual_seed(cfg.seed)
     init_state = build_model(spec["name"], **spec["kwargs"]).state_dict()
-    atomic_write_text(config_path, json.dumps({
-        "config": asdict(cfg),
-        "seed": cfg.seed,
-        "device": str(device),
-        "model": spec,
-        "data": data.spec,
-        "versions": {"landscape": landscape.__version__, "torch": torch.__version__,
-                     "python": platform.python_version()},
-    }, indent=2))
-    return [
+    if distributed.is_main():
+        run_info = {
+            "config": asdict(cfg),
+            "seed": cfg.seed,
+            "device": str(device),
+            "model": spec,
+            "data": data.spec,
+            "versions": {"landscape": landscape.__version__, "torch": torch.__version__,
+                         "python": platform.python_version()},
+        }
+        if distributed.is_distributed():
+            run_info["distributed"] = {"world_size": distributed.world_size(), "backend": distributed.backend()}
+        atomic_write_text(config_path, json.dumps(run_info, indent=2))
+    results = [
         train_optimizer(name, cfg, data, spec, init_state, out / name, device=device, resume=resume,
                         progress=progress)
         for name in cfg.optimizers
     ]
+    distributed.barrier()  # every rank returns once rank 0 has written everything
+    return results
 
 
 def train_optimizer(
@@ -330,6 +367,7 @@ def train_optimizer(
     steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
     start_epoch, step = 1, 0
     resume_path = run / "resume.pt"
+    main, sharded = distributed.is_main(), distributed.is_distributed()
     if resume and resume_path.exists():
         state = torch_load_safely(resume_path)
         model.load_state_dict(state["model"])
@@ -340,17 +378,21 @@ def train_optimizer(
                                      phase_ends if name == "phase" else None)
             averaged.load_state_dict(state["averaged"])
         start_epoch, step = state["epoch"] + 1, state["step"]
-        _truncate_metrics(metrics_path, state["epoch"])
-    else:
+        if main:
+            _truncate_metrics(metrics_path, state["epoch"])
+    elif main:
         run.mkdir(parents=True, exist_ok=True)
         metrics_path.unlink(missing_ok=True)
         atomic_write_text(run / "config.json", json.dumps(
             {"optimizer": name, "model": spec, "data": data.spec, "schedule": schedule.describe(),
              **_optimizer_settings(name, cfg)}, indent=2))
         save.checkpoint(model, "checkpoints/epoch_0000.pt", epoch=0, step=0, lr=schedule.lr_at(0, 0, steps_per_epoch))
+    # Under torchrun: DistributedDataParallel; every rank computes its share of every global
+    # batch, and all of them hold the same weights (and optimizer state) after each step.
+    net = distributed.wrap_ddp(model)
 
     last: dict[str, Any] = {}
-    if metrics_path.exists() and metrics_path.read_text().strip():
+    if main and metrics_path.exists() and metrics_path.read_text().strip():
         last = json.loads(metrics_path.read_text().strip().splitlines()[-1])
     for epoch in range(start_epoch, cfg.epochs + 1):
         torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout: reproducible and resumable per epoch
@@ -364,13 +406,19 @@ def train_optimizer(
             set_lr(optimizer, lr)
             idx = idx.to(device)
             x = augment(data.train.x[idx], data.augmentation, data_rng)
-            loss, hits = train_step(name, model, optimizer, x, data.train.y[idx])
-            loss_sum += loss.double() * len(idx)
+            if sharded:  # augment the global batch (same random stream on every rank), take my share
+                part = distributed.shard(len(idx))
+                loss, hits = train_step(name, net, optimizer, x[part], data.train.y[idx[part]],
+                                        global_batch=len(idx))
+                loss_sum += loss.double() * (part.stop - part.start)
+            else:
+                loss, hits = train_step(name, model, optimizer, x, data.train.y[idx])
+                loss_sum += loss.double() * len(idx)
             correct += hits
             step += 1
             if averaged is not None and name != "phase" and cfg.avg_every == "step" and epoch >= _avg_start(name, cfg):
                 averaged.update_parameters(model)
-            if cfg.save_every_steps and step % cfg.save_every_steps == 0:
+            if main and cfg.save_every_steps and step % cfg.save_every_steps == 0:
                 save.checkpoint(model, f"checkpoints/step_{step:07d}.pt", epoch=epoch, step=step, lr=lr)
             if progress:
                 progress({"optimizer": name, "epoch": epoch, "epochs": cfg.epochs, "batch": i + 1,
@@ -384,37 +432,61 @@ def train_optimizer(
             recompute_bn(model, data.train.x)
             if cfg.phase_momentum == "reset":
                 optimizer.state.clear()
+        if sharded:
+            # Every rank's BatchNorm statistics saw only its own shards; rank 0's are the
+            # ones DDP hands to all ranks at the next forward, so score and save those.
+            distributed.broadcast_state(model)
+            loss_total, correct_total = distributed.all_reduce_sum([loss_sum.item(), correct.item()])
+        else:
+            loss_total, correct_total = loss_sum.item(), correct.item()
 
         line = {"epoch": epoch, "step": step, "lr": lr,
-                "train_loss_running": loss_sum.item() / len(data.train),
-                "train_acc_running": correct.item() / len(data.train)}
-        line["train_loss"], line["train_acc"] = evaluate(model, data.train.x, data.train.y, cfg.eval_batch_size)
-        line["test_loss"], line["test_acc"] = evaluate(model, data.test.x, data.test.y, cfg.eval_batch_size)
+                "train_loss_running": loss_total / len(data.train),
+                "train_acc_running": correct_total / len(data.train)}
+        line["train_loss"], line["train_acc"] = _score(model, data.train.x, data.train.y, cfg.eval_batch_size)
+        line["test_loss"], line["test_acc"] = _score(model, data.test.x, data.test.y, cfg.eval_batch_size)
         if averaged is not None and getattr(averaged, "n_averaged", torch.tensor(0)).item() > 0:
             avg_model = averaged.module
+            # Every rank holds the same average (the same iterates) and recomputes its
+            # BatchNorm statistics over the whole train split: the same numbers everywhere.
             recompute_bn(avg_model, data.train.x)
-            line["averaged_train_loss"], line["averaged_train_acc"] = evaluate(
+            distributed.broadcast_state(avg_model)  # and bit-identical, whatever the kernels do
+            line["averaged_train_loss"], line["averaged_train_acc"] = _score(
                 avg_model, data.train.x, data.train.y, cfg.eval_batch_size)
-            line["averaged_test_loss"], line["averaged_test_acc"] = evaluate(
+            line["averaged_test_loss"], line["averaged_test_acc"] = _score(
                 avg_model, data.test.x, data.test.y, cfg.eval_batch_size)
             line["averaged_models"] = int(averaged.n_averaged.item())
-        save.checkpoint(model, f"checkpoints/epoch_{epoch:04d}.pt", epoch=epoch, step=step, lr=lr)
-        if averaged is not None and "averaged_models" in line:
-            save.checkpoint(averaged.module, "averaged.pt", epoch=epoch, step=step, lr=lr, kind="averaged")
-        with open(metrics_path, "a") as fh:
-            fh.write(json.dumps(line) + "\n")
-        atomic_torch_save({
-            "epoch": epoch, "step": step,
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "averaged": averaged.state_dict() if averaged is not None else None,
-            "data_rng": data_rng.get_state(),
-        }, resume_path)
+        if main:
+            save.checkpoint(model, f"checkpoints/epoch_{epoch:04d}.pt", epoch=epoch, step=step, lr=lr)
+            if averaged is not None and "averaged_models" in line:
+                save.checkpoint(averaged.module, "averaged.pt", epoch=epoch, step=step, lr=lr, kind="averaged")
+            with open(metrics_path, "a") as fh:
+                fh.write(json.dumps(line) + "\n")
+            atomic_torch_save({
+                "epoch": epoch, "step": step,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "averaged": averaged.state_dict() if averaged is not None else None,
+                "data_rng": data_rng.get_state(),
+            }, resume_path)
         last = line
         if progress:
             progress({"optimizer": name, "epoch_done": epoch, "epochs": cfg.epochs, "metrics": line})
 
-    save.checkpoint(model, "final.pt", epoch=cfg.epochs, step=step, lr=last.get("lr", cfg.lr))
+    if main:
+        save.checkpoint(model, "final.pt", epoch=cfg.epochs, step=step, lr=last.get("lr", cfg.lr))
     return OptimizerResult(name=name, final=last, directory=run)
+
+
+def _score(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
+    """``evaluate`` over the whole split; under torchrun each rank scores its shard and the
+    sums are added up (float64), so every rank gets the whole split's numbers."""
+    if not distributed.is_distributed():
+        return evaluate(model, x, y, batch_size)
+    part = distributed.shard(len(x))
+    n = part.stop - part.start
+    loss, acc = evaluate(model, x[part], y[part], batch_size) if n else (0.0, 0.0)
+    loss_sum, correct = distributed.all_reduce_sum([loss * n, round(acc * n)])
+    return loss_sum / len(x), correct / len(x)
 
 
 def _avg_start(name: str, cfg: TrainConfig) -> int:

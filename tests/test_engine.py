@@ -397,3 +397,23 @@ def test_bad_input_is_a_user_error(mnist1d):
         Engine(CNN, mnist1d, batch_size=0)
     with pytest.raises(UserError, match="subset"):
         Engine(CNN, mnist1d, subset=0)
+
+
+def test_scored_state_and_split_data(images):
+    spec = {"name": "tests.test_engine:small_bn_cnn", "kwargs": {"num_classes": 5, "input_shape": [3, 8, 8]}}
+    engine = Engine(spec, images, bn="recompute", batch_size=64, subset=100, seed=2)
+    sd = perturbed_bn_state(spec, images, 0)
+    state = engine.scored_state(engine.flatten(sd))
+    train = engine.split_data("train")
+    assert torch.equal(train.y, images.train.subset(100, 2).y)
+    model = build_model(spec["name"], **spec["kwargs"])
+    model.load_state_dict(sd)
+    update_bn([train.x[j : j + 64] for j in range(0, len(train), 64)], model)
+    expected = model.state_dict()
+    assert list(state) == list(expected)
+    for k, v in expected.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(state[k], v, rtol=1e-5, atol=1e-6)
+            assert state[k].is_contiguous() and not state[k].is_inference()
+    with pytest.raises(UserError, match="split"):
+        Engine(spec, images, splits=("test",), bn="keep").split_data("train")

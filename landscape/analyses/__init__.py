@@ -4,6 +4,7 @@ from landscape.analyses.common import AnalysisOptions, parse_int_list, parse_ran
 from landscape.analyses.interpolate import interpolate
 from landscape.analyses.rays import rays
 from landscape.analyses.segments import segments
+from landscape.analyses.sharpness import SharpnessOptions, sharpness  # noqa: F401
 from landscape.analyses.surface import surface
 from landscape.analyses.trajectory import trajectory
 from landscape.analyses.twopoint import twopoint

@@ -8,7 +8,10 @@ each chunk as soon as it is done (so a killed run resumes), and finishes the fil
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from landscape import distributed
 from landscape.checkpoint import Checkpoint, load_checkpoint
 from landscape.data import load_dataset
 from landscape.device import resolve_device
@@ -111,6 +115,7 @@ def _describe(ckpt: Checkpoint) -> str:
 
 def make_engine(ckpt: Checkpoint, opts: AnalysisOptions) -> Engine:
     opts.validate()
+    distributed.init()  # under torchrun: join the group first, so "cuda" is this rank's GPU
     device = resolve_device(opts.device)
     data = load_dataset(data_dir=opts.data_dir, device=device, **ckpt.data)
     if opts.subset is not None:
@@ -146,19 +151,78 @@ def open_result(
     normalization: str | None = None,
     identity: dict[str, Any] | None = None,
 ) -> ResultWriter:
-    attrs = root_attrs(
-        analysis=analysis,
-        command=opts.command,
-        checkpoints=[str(c.path) for c in ckpts],
-        dataset_spec=ckpts[0].data,
-        subset=opts.subset,
-        bn_mode=opts.bn,
-        seed=opts.seed,
-        normalization=normalization,
-    )
-    attrs.update(identity or {})
-    return ResultWriter.create_or_resume(out, analysis=analysis, attrs=attrs, coords=coords, dims=dims,
-                                         splits=list(opts.splits), overwrite=opts.overwrite)
+    """The result file, new or resumed. Under torchrun rank 0 alone opens it (one writer:
+    no HDF5 locking between processes); the other ranks get a stand-in that knows the grid
+    and whether the result is complete, writes nothing, and whose ``finish`` waits for rank 0."""
+
+    def create(cls: type[ResultWriter] = ResultWriter) -> ResultWriter:
+        attrs = root_attrs(
+            analysis=analysis,
+            command=opts.command,
+            checkpoints=[str(c.path) for c in ckpts],
+            dataset_spec=ckpts[0].data,
+            subset=opts.subset,
+            bn_mode=opts.bn,
+            seed=opts.seed,
+            normalization=normalization,
+        )
+        attrs.update(identity or {})
+        return cls.create_or_resume(out, analysis=analysis, attrs=attrs, coords=coords, dims=dims,
+                                    splits=list(opts.splits), overwrite=opts.overwrite)
+
+    if not distributed.init():
+        return create()
+    writer, complete = distributed.on_main(lambda: create(_MainWriter), share=lambda w: w.complete)
+    if writer is not None:
+        return writer
+    return _Follower(Path(out), analysis, coords, dims, list(opts.splits), complete)  # type: ignore[return-value]
+
+
+class _MainWriter(ResultWriter):
+    """Rank 0's writer under torchrun: finishing the file also releases the other ranks."""
+
+    def finish(self) -> Path:
+        path = super().finish()
+        distributed.barrier()
+        return path
+
+
+class _Follower:
+    """What ranks other than 0 hold instead of a ResultWriter: the grid, no file."""
+
+    def __init__(self, path: Path, analysis: str, coords: dict[str, np.ndarray], dims: list[str],
+                 splits: list[str], complete: bool) -> None:
+        self.path, self.partial, self.analysis = path, Path(f"{path}.partial"), analysis
+        self.coords = {k: np.asarray(v) for k, v in coords.items()}
+        self.dims, self.splits, self.metrics = list(dims), splits, list(METRICS)
+        self.shape = tuple(len(self.coords[d]) for d in dims)
+        self.complete = complete
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def pending(self) -> np.ndarray:
+        return np.empty(0, np.int64)  # rank 0 decides; compute() asks it
+
+    def write(self, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("only rank 0 writes the result file")
+
+    def put(self, *args: Any, **kwargs: Any) -> None:
+        pass  # rank 0 stores extra datasets
+
+    def close(self) -> None:
+        pass
+
+    def finish(self) -> Path:
+        distributed.barrier()  # rank 0 has renamed the file when it gets here
+        return self.path
+
+    def __enter__(self) -> "_Follower":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
 
 
 def compute(
@@ -167,7 +231,12 @@ def compute(
     points: Callable[[np.ndarray], torch.Tensor],
     opts: AnalysisOptions,
 ) -> None:
-    """Evaluate every pending point of ``writer``; each chunk is written as soon as it is done."""
+    """Evaluate every pending point of ``writer``; each chunk is written as soon as it is done.
+
+    Under torchrun the points are shared out dynamically (see :func:`_compute_sharded`).
+    """
+    if distributed.is_distributed():
+        return _compute_sharded(writer, engine, points, opts)
     pending = writer.pending()
     total = int(np.prod(writer.shape))
     done = total - len(pending)
@@ -183,10 +252,82 @@ def compute(
         done += len(idx)
         if opts.progress:
             opts.progress(done, total)
+        _test_stop(start // step + 1)
 
 
 def chunk_size(engine: Engine, opts: AnalysisOptions) -> int:
     return opts.chunk or max(1, min(256, (256 << 20) // (4 * engine.layout.dim)))
+
+
+METRICS = ("loss", "accuracy")
+CHUNKS_PER_RANK = 8  # under torchrun: at least this many chunks per rank, for balancing
+
+
+def _compute_sharded(writer: ResultWriter, engine: Engine, points: Callable[[np.ndarray], torch.Tensor],
+                     opts: AnalysisOptions) -> None:
+    """``compute`` under torchrun: a work queue of chunks, rank 0 the only writer.
+
+    Rank 0 reads the pending points from the ``done`` mask (so a killed run resumes, with
+    any number of ranks) and cuts them into chunks, small enough that every rank gets
+    several. Every rank, rank 0 included, takes the next chunk from a shared counter
+    whenever it is free, so slow points hold up only the rank that has them. Other ranks
+    post their results (float64, exactly as the engine returned them) to the store; rank
+    0 writes them between its own chunks and at the end. Each point is evaluated alone
+    with the same data, so the file equals a single-process run's.
+    """
+    plan = None
+    if distributed.is_main():
+        pending = writer.pending()
+        per_rank = -(-len(pending) // (CHUNKS_PER_RANK * distributed.world_size()))
+        floor = getattr(engine, "vmap_chunk", 1) if getattr(engine, "strategy", "loop") == "vmap" else 1
+        step = opts.chunk or max(1, min(chunk_size(engine, opts), max(per_rank, floor)))
+        plan = (pending, step, f"{os.getpid()}-{time.time_ns():x}")  # a fresh queue per call
+    pending, step, token = distributed.broadcast_object(plan)
+    chunks = [pending[i : i + step] for i in range(0, len(pending), step)]
+    queue = distributed.WorkQueue(token, len(chunks))
+    splits = list(opts.splits)
+    rows = [(s, m) for s in splits for m in METRICS]
+
+    if not distributed.is_main():
+        while (k := queue.take()) is not None:
+            results = engine.evaluate(points(chunks[k]))
+            queue.post(k, np.stack([np.asarray(results[s][m], np.float64) for s, m in rows]).tobytes())
+        return
+
+    total = int(np.prod(writer.shape))
+    done, written = total - len(pending), 0
+
+    def save(idx: np.ndarray, results: dict[str, dict[str, np.ndarray]]) -> None:
+        nonlocal done, written
+        writer.write(idx, results)
+        done, written = done + len(idx), written + 1
+        if opts.progress:
+            opts.progress(done, total)
+        _test_stop(written)
+
+    def store_posted(posted: list[tuple[int, bytes]]) -> None:
+        for k, data in posted:
+            values = np.frombuffer(data, np.float64).reshape(len(rows), len(chunks[k]))
+            results: dict[str, dict[str, np.ndarray]] = {s: {} for s in splits}
+            for (s, m), v in zip(rows, values):
+                results[s][m] = v
+            save(chunks[k], results)
+
+    if opts.progress:
+        opts.progress(done, total)
+    while (k := queue.take()) is not None:
+        save(chunks[k], engine.evaluate(points(chunks[k])))
+        store_posted(queue.collect())
+    while queue.pending():
+        store_posted(queue.wait())
+
+
+def _test_stop(chunks_written: int) -> None:
+    """Tests only: ``LANDSCAPE_TEST_STOP_AFTER=N`` kills this process (SIGKILL, as a crash
+    or an out-of-memory kill would) once it has written N chunks, to test resuming."""
+    stop = os.environ.get("LANDSCAPE_TEST_STOP_AFTER")
+    if stop and chunks_written >= int(stop):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 EPOCH_FILE = re.compile(r"epoch_(\d{4,})\.pt$")

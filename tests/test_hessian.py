@@ -1,0 +1,268 @@
+"""Hessian-vector products and the spectral algorithms against exact answers.
+
+The quadratic tests use the generic loss closure of ``Objective`` with
+``l(w) = 1/2 w^T H w`` for an H whose spectrum (negative eigenvalues included) is chosen,
+so every number has an exact value. The cross-entropy path is checked against dense
+Hessians of tiny models (``torch.autograd.functional.hessian``, ``torch.func.hessian``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from landscape.hessian import DenseOperator, Objective, gradient_noise, hutchinson, hutchpp, lanczos, \
+    lanczos_tridiagonals, sgd_stability, slq_density, trace_h_sigma
+
+DTYPE = torch.float64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny problems: one thread avoids OpenMP synchronization costs on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def spectrum() -> torch.Tensor:
+    """Outliers at 50, 30, 20, 10, 5; a bulk in [-1, 1]; negative curvature at -4, -9, -15."""
+    bulk = torch.linspace(-1.0, 1.0, 52, dtype=DTYPE)
+    return torch.cat([torch.tensor([50.0, 30.0, 20.0, 10.0, 5.0], dtype=DTYPE), bulk,
+                      torch.tensor([-4.0, -9.0, -15.0], dtype=DTYPE)])
+
+
+def quadratic(eig: torch.Tensor, seed: int = 0) -> tuple[Objective, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    d = len(eig)
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=DTYPE))
+    h = q @ torch.diag(eig) @ q.T
+    h = (h + h.T) / 2
+
+    def loss(w: torch.Tensor, batch) -> torch.Tensor:
+        return (0.5 * w @ h @ w).expand(len(batch[0]))
+
+    obj = Objective(loss, [(torch.zeros(1, dtype=DTYPE),)])
+    w = torch.randn(d, generator=gen, dtype=DTYPE)
+    return obj, w, h
+
+
+# ============================================================================ quadratic
+
+
+@pytest.mark.parametrize("method", ["jvp", "double-backward"])
+def test_hvp_of_quadratic_is_exact(method):
+    obj, w, h = quadratic(spectrum())
+    obj = Objective(obj.fn, obj.batches, hvp_method=method)
+    v = torch.randn(3, len(w), dtype=DTYPE)
+    assert torch.allclose(obj.hvp(w, v), v @ h, rtol=0, atol=1e-11)
+    assert torch.allclose(obj.hvp(w, v[0]), h @ v[0], rtol=0, atol=1e-11)
+    assert obj.hvp_count == 4
+
+
+def test_lanczos_top_and_smallest_eigenvalues_of_quadratic():
+    eig = spectrum()
+    obj, w, _ = quadratic(eig)
+    res = lanczos(obj.operator(w), 5, smallest=True, tol=1e-10, max_steps=len(eig))
+    top = np.sort(eig.numpy())[::-1][:5]
+    low = np.sort(eig.numpy())[:3]
+    np.testing.assert_allclose(res.eigenvalues, top, rtol=1e-4)
+    np.testing.assert_allclose(res.smallest[:3], low, rtol=1e-4)  # the negative curvature
+    assert res.converged
+    assert np.all(res.residuals <= 1e-10 * 50 + 1e-12)
+    assert res.steps < len(eig)  # stopped on the residual bound, before the whole space
+
+
+def test_lanczos_ritz_vectors_are_eigenvectors():
+    obj, w, h = quadratic(spectrum())
+    res = lanczos(obj.operator(w), 2, tol=1e-10, max_steps=60, return_vectors=True)
+    for lam, v in zip(res.eigenvalues, res.vectors):
+        v = v / v.norm()
+        assert torch.allclose(h @ v, lam * v, atol=1e-6)
+
+
+def test_lanczos_restarts_after_an_invariant_subspace():
+    # The start vector only sees two eigenvectors: the Krylov space is 2-dimensional, the third
+    # eigenvalue is reachable only through the orthogonal restart.
+    h = torch.diag(torch.tensor([5.0, 4.0, 3.0, 0.0, 0.0, 0.0], dtype=DTYPE))
+    start = torch.tensor([1.0, 1.0, 0, 0, 0, 0], dtype=DTYPE)
+    res = lanczos(DenseOperator(h), 3, tol=1e-12, start=start)
+    np.testing.assert_allclose(res.eigenvalues, [5.0, 4.0, 3.0], rtol=1e-10)
+
+
+def test_lanczos_in_lockstep_equals_separate_runs():
+    obj, w, _ = quadratic(spectrum())
+    starts = torch.randn(3, 60, generator=torch.Generator().manual_seed(1), dtype=DTYPE)
+    together = lanczos_tridiagonals(obj.operator(w), starts, 12)
+    for i in range(3):
+        (alone,) = lanczos_tridiagonals(obj.operator(w), starts[i : i + 1], 12)
+        np.testing.assert_allclose(together[i].alpha, alone.alpha, rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(together[i].beta, alone.beta, rtol=1e-10, atol=1e-10)
+
+
+def test_hutchinson_and_hutchpp_within_three_standard_errors():
+    eig = spectrum()
+    obj, w, _ = quadratic(eig)
+    exact = float(eig.sum())
+    for seed in range(3):
+        gen = torch.Generator().manual_seed(seed)
+        h1 = hutchinson(obj.operator(w), 60, generator=gen)
+        assert abs(h1.value - exact) <= 3 * h1.stderr, (h1.value, h1.stderr, exact)
+        h2 = hutchpp(obj.operator(w), 30, generator=gen)
+        assert abs(h2.value - exact) <= 3 * h2.stderr, (h2.value, h2.stderr, exact)
+        assert h2.matvecs == 30
+        # Deflating the outliers is what Hutch++ is for: a much smaller error bar here.
+        assert h2.stderr < h1.stderr
+
+
+def test_hutchinson_block_traces():
+    eig = spectrum()
+    obj, w, h = quadratic(eig)
+    seg = torch.tensor([0] * 20 + [1] * 25 + [2] * 15)
+    est = hutchinson(obj.operator(w), 80, generator=torch.Generator().manual_seed(0), segments=seg)
+    exact = [float(h[seg == b][:, seg == b].diagonal().sum()) for b in range(3)]
+    assert est.blocks.shape == (3,)
+    np.testing.assert_allclose(est.blocks.sum(), est.value, rtol=1e-10)
+    for b in range(3):
+        assert abs(est.blocks[b] - exact[b]) <= 3 * est.blocks_stderr[b]
+
+
+def test_slq_density_integrates_to_one_and_sits_on_the_spectrum():
+    eig = spectrum()
+    obj, w, _ = quadratic(eig)
+    dens = slq_density(obj.operator(w), runs=8, steps=60, points=4000, sigma=0.2,
+                       generator=torch.Generator().manual_seed(0))
+    g, v = dens.grid, dens.values
+    assert np.all(v >= 0)
+    assert np.trapezoid(v, g) == pytest.approx(1.0, abs=1e-6)
+    assert g[0] <= -15 - 5 * 0.2 and g[-1] >= 50 + 5 * 0.2
+
+    def mass(lo, hi):
+        sel = (g >= lo) & (g <= hi)
+        return np.trapezoid(v[sel], g[sel])
+
+    d = len(eig)
+    # The bulk holds 52 of 60 eigenvalues; each outlier 1/60 (SLQ weights are random: 8 runs).
+    assert mass(-1.8, 1.8) == pytest.approx(52 / d, abs=0.1)
+    for lam in (50.0, 30.0, -15.0):
+        assert 0.1 / d < mass(lam - 1, lam + 1) < 4 / d
+    # Nothing where there is no eigenvalue.
+    assert mass(12, 18) < 1e-6 and mass(35, 45) < 1e-6 and mass(-14, -10) < 1e-6
+
+
+# ============================================================================ cross-entropy models
+
+
+class TinyMLP(nn.Module):
+    def __init__(self, d_in: int = 6, hidden: int = 5, classes: int = 3):
+        super().__init__()
+        self.fc1 = nn.Linear(d_in, hidden)
+        self.fc2 = nn.Linear(hidden, classes)
+
+    def forward(self, x):
+        return self.fc2(torch.tanh(self.fc1(x)))
+
+
+def tiny_problem(n: int = 24, seed: int = 0, batch_size: int = 7):
+    torch.manual_seed(seed)
+    model = TinyMLP().double()
+    x = torch.randn(n, 6, dtype=DTYPE)
+    y = torch.randint(0, 3, (n,))
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    obj, w, space = Objective.for_model(model, params, {}, x, y, batch_size=batch_size)
+    return model, obj, w, space, x, y
+
+
+def dense_hessian(model, space, x, y, w):
+    def loss(wv):
+        return F.cross_entropy(torch.func.functional_call(model, space.unflatten(wv), (x,)), y)
+
+    return torch.autograd.functional.hessian(loss, w)
+
+
+@pytest.mark.parametrize("method", ["jvp", "double-backward"])
+def test_model_hvp_matches_dense_hessian(method):
+    model, obj, w, space, x, y = tiny_problem()
+    obj = Objective(obj.fn, obj.batches, hvp_method=method)
+    h = dense_hessian(model, space, x, y, w)
+    v = torch.randn(2, len(w), dtype=DTYPE)
+    assert len(obj.batches) == 4  # 24 samples in batches of 7: the per-sample mean spans batches
+    assert torch.allclose(obj.hvp(w, v), v @ h, atol=1e-10)
+    loss, g = obj.value_and_grad(w)
+    with torch.no_grad():
+        assert loss == pytest.approx(float(F.cross_entropy(model(x), y)), rel=1e-12)
+
+
+def test_small_mlp_top_eigenvalue_matches_dense_hessian():
+    model, obj, w, space, x, y = tiny_problem(n=40)
+    h = dense_hessian(model, space, x, y, w)
+    exact = torch.linalg.eigvalsh(h).numpy()
+    res = lanczos(obj.operator(w), 3, smallest=True, tol=1e-10, max_steps=len(w))
+    np.testing.assert_allclose(res.eigenvalues, exact[::-1][:3], rtol=1e-4)
+    np.testing.assert_allclose(res.smallest[0], exact[0], rtol=1e-4)
+
+
+def per_sample_dense(model, space, x, y, w):
+    def one(wv, xi, yi):
+        return F.cross_entropy(torch.func.functional_call(model, space.unflatten(wv), (xi[None],)), yi[None])
+
+    grads = torch.func.vmap(torch.func.grad(one), in_dims=(None, 0, 0))(w, x, y)
+    hessians = torch.func.vmap(torch.func.hessian(one), in_dims=(None, 0, 0))(w, x, y)
+    return grads, hessians
+
+
+def test_gradient_noise_and_trace_h_sigma_match_dense():
+    model, obj, w, space, x, y = tiny_problem(n=30)
+    grads, hessians = per_sample_dense(model, space, x, y, w)
+    h = hessians.mean(0)
+    gbar = grads.mean(0)
+    c = grads - gbar
+    sigma = c.T @ c / len(x)
+    noise = gradient_noise(obj, w, chunk=8)
+    assert noise.trace_sigma == pytest.approx(float(sigma.trace()), rel=1e-9)
+    assert torch.allclose(noise.grad, gbar, atol=1e-12)
+    exact = float(torch.trace(h @ sigma))
+    full = trace_h_sigma(obj, w, noise, samples=None, chunk=8, block=3)
+    assert full.value == pytest.approx(exact, rel=1e-9)
+    assert full.stderr == 0 and full.samples_used == 30
+    # The identity (1/n) sum g_i^T H g_i - gbar^T H gbar, too.
+    alt = float(torch.einsum("id,de,ie->", grads, h, grads) / len(x) - gbar @ h @ gbar)
+    assert full.value == pytest.approx(alt, rel=1e-9)
+    part = trace_h_sigma(obj, w, noise, samples=12, generator=torch.Generator().manual_seed(3))
+    assert part.samples_used == 12 and part.stderr > 0
+    assert abs(part.value - exact) <= 4 * part.stderr
+
+
+def test_sgd_stability_matches_dense_wu_matrix():
+    model, obj, w, space, x, y = tiny_problem(n=20)
+    _, hessians = per_sample_dense(model, space, x, y, w)
+    h = hessians.mean(0)
+    sigma_h = (hessians @ hessians).mean(0) - h @ h
+    lr, batch, n_train = 0.5, 4, 20
+    factor = lr**2 * (n_train - batch) / (batch * (n_train - 1))
+    eye = torch.eye(len(w), dtype=DTYPE)
+    a = (eye - lr * h) @ (eye - lr * h) + factor * sigma_h
+    exact = float(torch.linalg.eigvalsh(a)[-1])
+    res = sgd_stability(obj, w, lr, batch, n_train, samples=None, tol=1e-9, max_steps=len(w), chunk=6)
+    assert res.lambda_max_a == pytest.approx(exact, rel=1e-6)
+    assert res.nonuniformity == pytest.approx(math.sqrt(float(torch.linalg.eigvalsh(sigma_h)[-1])), rel=1e-5)
+    assert res.stable == (exact <= 1)
+    assert res.factor == pytest.approx(factor)
+    assert res.nonuniformity_limit == pytest.approx(math.sqrt(batch * (n_train - 1) / (n_train - batch)) / lr)
+
+
+def test_auto_measures_and_keeps_the_faster_product():
+    model, obj, w, space, x, y = tiny_problem()
+    assert obj.method == "auto"
+    h = dense_hessian(model, space, x, y, w)
+    v = torch.randn(len(w), dtype=DTYPE)
+    assert torch.allclose(obj.hvp(w, v), h @ v, atol=1e-10)
+    assert obj.method in ("jvp", "double-backward")
+    assert set(obj.timings) == {"jvp", "double-backward"}
+    assert obj.method == min(obj.timings, key=obj.timings.get)

@@ -1,0 +1,296 @@
+"""The sharpness analysis end to end: the cross-entropy path against dense Hessians.
+
+Models are user factories of this module (``tests.test_sharpness:factory``), small enough
+for a dense Hessian (316 parameters), on a 64-sample subset of MNIST-1D. The exact
+quadratic checks of the algorithms are in test_hessian.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import typer
+from torch import nn
+from typer.testing import CliRunner
+
+from landscape import plots
+from landscape.analyses import interpolate
+from landscape.analyses.common import AnalysisOptions
+from landscape.analyses.sharpness import SharpnessOptions, find_run_config, sharpness, summarize
+from landscape.checkpoint import load_checkpoint, save_checkpoint
+from landscape.data import load_dataset
+from landscape.errors import UserError
+from landscape.evaluate import recompute_bn
+from landscape.models import build_model
+from landscape.store import load_result
+
+DATA = {"name": "mnist1d", "num_train": 384, "num_test": 256, "seed": 42, "augment": "none"}
+SUBSET = 64
+
+
+def factory(*, num_classes: int, input_shape, hidden: int = 6, bn: bool = False) -> nn.Module:
+    """Flatten -> Linear -> (BatchNorm) -> tanh -> Linear: smooth, with negative curvature."""
+    layers = [nn.Flatten(), nn.Linear(math.prod(input_shape), hidden)]
+    if bn:
+        layers.append(nn.BatchNorm1d(hidden))
+    layers += [nn.Tanh(), nn.Linear(hidden, num_classes)]
+    return nn.Sequential(*layers)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models: one thread avoids OpenMP synchronization costs on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_checkpoint(path, seed: int, bn: bool = False, lr: float = 0.05):
+    torch.manual_seed(seed)
+    spec = {"name": "tests.test_sharpness:factory", "kwargs": {"num_classes": 10, "input_shape": [1, 40], "bn": bn}}
+    model = build_model(spec["name"], **spec["kwargs"])
+    if bn:  # statistics that are wrong for the data: recompute must replace them
+        model[2].running_mean.fill_(3.0)
+        model[2].running_var.fill_(0.2)
+    save_checkpoint(path, model, model_spec=spec, data_spec=DATA, epoch=3, step=30, lr=lr, optimizer="sgd")
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """RUN/sgd/final.pt, RUN/swa/averaged.pt, and the run configs the trainer writes."""
+    root = tmp_path_factory.mktemp("run")
+    for opt, name, seed in (("sgd", "final.pt", 0), ("swa", "averaged.pt", 1)):
+        (root / opt).mkdir()
+        make_checkpoint(root / opt / name, seed)
+        (root / opt / "config.json").write_text(json.dumps({"optimizer": opt, "batch_size": 16, "momentum": 0.9,
+                                                            "lr": 0.05}))
+    (root / "config.json").write_text(json.dumps({"config": {"batch_size": 16}}))
+    return root
+
+
+def opts(**kw) -> AnalysisOptions:
+    return AnalysisOptions(**{"splits": ("train",), "subset": SUBSET, "device": "cpu", **kw})
+
+
+def dense(path, bn_recompute: bool = True):
+    """Model, subset data and the dense Hessian (float64) of the mean cross-entropy."""
+    ckpt = load_checkpoint(path)
+    model = build_model(ckpt.model["name"], **ckpt.model["kwargs"])
+    model.load_state_dict(ckpt.state_dict)
+    data = load_dataset(**ckpt.data)
+    split = data.train.subset(SUBSET, 0)
+    if bn_recompute and any(isinstance(m, nn.BatchNorm1d) for m in model.modules()):
+        recompute_bn(model, data.train.subset(SUBSET, 0).x, 2048)
+    model = model.double().eval()
+    x, y = split.x.double(), split.y
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for _, p in model.named_parameters()]
+    buffers = dict(model.named_buffers())
+    w = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def unflat(wv):
+        out, o = {}, 0
+        for n, s in zip(names, shapes):
+            k = math.prod(s)
+            out[n] = wv[o : o + k].reshape(s)
+            o += k
+        return {**out, **buffers}
+
+    def loss(wv, xs=x, ys=y):
+        return F.cross_entropy(torch.func.functional_call(model, unflat(wv), (xs,)), ys)
+
+    h = torch.autograd.functional.hessian(loss, w)
+    return model, x, y, w, h, loss, unflat
+
+
+# ============================================================================ the CE path
+
+
+def test_sharpness_matches_dense_hessian(run, tmp_path):
+    ckpt = run / "sgd" / "final.pt"
+    so = SharpnessOptions(top_k=3, smallest=True, tol=1e-6, lanczos_steps=150, trace=True, trace_method="both",
+                          trace_probes=60, density=True, density_runs=2, density_steps=30, noise=True,
+                          noise_samples=None, stability_samples=None, sam_steps=3)
+    out = sharpness(ckpt, tmp_path / "s.h5", so, opts())
+    r = load_result(out)
+    model, x, y, w, h, loss, unflat = dense(ckpt)
+    exact = torch.linalg.eigvalsh(h).numpy()
+    assert r.attrs["analysis"] == "sharpness" and r.attrs["lr"] == 0.05 and r.attrs["train_batch_size"] == 16
+    np.testing.assert_allclose(r.extra["eigenvalues"], exact[::-1][:3], rtol=1e-4)
+    assert exact[0] < 0  # the model has negative curvature, and it is found
+    np.testing.assert_allclose(r.extra["eigenvalues_smallest"][0], exact[0], rtol=1e-4)
+    # Trace: within 3 standard errors, both methods.
+    for key in ("trace", "trace_hutchinson"):
+        assert abs(float(r.extra[key]) - exact.sum()) <= 3 * float(r.extra[key + "_stderr"])
+    # Density: on a grid covering the spectrum, integrating to 1.
+    g, v = r.extra["density/grid"], r.extra["density/values"]
+    assert np.trapezoid(v, g) == pytest.approx(1.0, abs=1e-4)
+    assert g[0] <= exact[0] and g[-1] >= exact[-1]
+    # The point itself: loss from the engine equals the dense loss.
+    assert float(r.metrics["train"]["loss"]) == pytest.approx(float(loss(w)), rel=1e-5)
+    # Gradient noise, exact mode (every sample): tr Sigma and tr(H Sigma) against dense.
+    grads = torch.func.vmap(torch.func.grad(lambda wv, xi, yi: loss(wv, xi[None], yi[None])),
+                            in_dims=(None, 0, 0))(w, x, y)
+    c = grads - grads.mean(0)
+    sigma = c.T @ c / len(x)
+    assert float(r.extra["noise/trace_sigma"]) == pytest.approx(float(sigma.trace()), rel=1e-4)
+    assert float(r.extra["noise/trace_h_sigma"]) == pytest.approx(float(torch.trace(h @ sigma)), rel=1e-4)
+    assert float(r.extra["noise/trace_h_sigma_stderr"]) == 0.0
+    # SGD stability (Wu et al. 2018) against the dense matrix, N = 384 train samples, B = 16.
+    hess = torch.func.vmap(torch.func.hessian(lambda wv, xi, yi: loss(wv, xi[None], yi[None])),
+                           in_dims=(None, 0, 0))(w, x, y)
+    sigma_h = (hess @ hess).mean(0) - h @ h
+    lr, b, n = 0.05, 16, 384
+    eye = torch.eye(len(w), dtype=torch.float64)
+    a = (eye - lr * h) @ (eye - lr * h) + lr**2 * (n - b) / (b * (n - 1)) * sigma_h
+    assert float(r.extra["stability/sgd_lambda_max"]) == pytest.approx(float(torch.linalg.eigvalsh(a)[-1]),
+                                                                       rel=1e-4)
+    assert float(r.extra["stability/nonuniformity"]) == pytest.approx(
+        math.sqrt(float(torch.linalg.eigvalsh(sigma_h)[-1])), rel=1e-3)
+    # GD: 2/lr, and the heavy-ball limit from the run's momentum.
+    assert float(r.extra["stability/gd_limit"]) == pytest.approx(2 / lr)
+    assert float(r.extra["stability/heavy_ball_limit"]) == pytest.approx((2 + 2 * 0.9) / lr)
+    assert "saddle" in r.extra_attrs["stability/gd_limit"]["verdict"]
+    # SAM sharpness: first order matches L(w + rho g/|g|) - L(w); ascent is at least as large.
+    wg = w.clone().requires_grad_()
+    (g0,) = torch.autograd.grad(loss(wg), wg)
+    first = float(loss(w + 0.05 * g0 / g0.norm()) - loss(w))
+    assert float(r.extra["sam/first_order"]) == pytest.approx(first, rel=1e-3)
+    assert float(r.extra["sam/ascent"]) >= float(r.extra["sam/first_order"]) - 1e-7
+    s = summarize(out)
+    json.dumps(s)  # valid JSON (NaN -> null)
+    assert s["eigenvalues"][0] == pytest.approx(exact[-1], rel=1e-4)
+    plots.figure(r)
+
+
+def test_batchnorm_statistics_are_recomputed(tmp_path):
+    ckpt = make_checkpoint(tmp_path / "bn.pt", 3, bn=True)
+    so = SharpnessOptions(top_k=1, tol=1e-6, lanczos_steps=120, sam=False)
+    kept = load_result(sharpness(ckpt, tmp_path / "keep.h5", so, opts(bn="keep")))
+    recomputed = load_result(sharpness(ckpt, tmp_path / "re.h5", so, opts()))
+    for result, recompute in ((recomputed, True), (kept, False)):
+        *_, h, loss, _ = dense(ckpt, bn_recompute=recompute)
+        assert float(result.extra["eigenvalues"][0]) == pytest.approx(float(torch.linalg.eigvalsh(h)[-1]), rel=1e-4)
+    assert abs(float(kept.extra["eigenvalues"][0]) - float(recomputed.extra["eigenvalues"][0])) > 1e-3
+
+
+def test_by_layer_blocks_match_dense_blocks(run, tmp_path):
+    ckpt = run / "sgd" / "final.pt"
+    so = SharpnessOptions(top_k=1, by_layer=True, layer_steps=80, tol=1e-6, trace=True, trace_method="hutchinson",
+                          trace_probes=40, sam=False)
+    r = load_result(sharpness(ckpt, tmp_path / "layers.h5", so, opts()))
+    *_, h, _, _ = dense(ckpt)
+    names = list(r.extra["by_layer/names"])
+    assert names == ["1", "3"] and list(r.extra["by_layer/numel"]) == [246, 70]
+    blocks = [slice(0, 246), slice(246, 316)]
+    for i, b in enumerate(blocks):
+        hb = h[b, b]
+        assert r.extra["by_layer/lambda_max"][i] == pytest.approx(float(torch.linalg.eigvalsh(hb)[-1]), rel=1e-4)
+        assert abs(r.extra["by_layer/trace"][i] - float(hb.trace())) <= 3 * r.extra["by_layer/trace_stderr"][i]
+    assert r.extra["by_layer/trace"].sum() == pytest.approx(float(r.extra["trace"]), rel=1e-9)
+    plots.figure(r)
+
+
+# ============================================================================ along a line, resume
+
+
+def test_along_an_interpolation_is_a_curve(run, tmp_path):
+    a, b = run / "sgd" / "final.pt", run / "swa" / "averaged.pt"
+    line = interpolate(a, b, tmp_path / "line.h5", np.array([0.0, 0.5, 1.0]), opts())
+    so = SharpnessOptions(top_k=2, tol=1e-6, lanczos_steps=100, trace=True, trace_probes=9, sam_steps=1,
+                          along=str(line))
+    r = load_result(sharpness(None, tmp_path / "along.h5", so, opts()))
+    assert r.dims == ["alpha"] and r.done.all()
+    m = r.metrics["train"]
+    for key in ("loss", "lambda_max", "trace", "trace_stderr", "sam_ascent"):
+        assert m[key].shape == (3,) and np.isfinite(m[key]).all()
+    assert r.extra["eigenvalues"].shape == (3, 2)
+    np.testing.assert_allclose(m["lambda_max"], r.extra["eigenvalues"][:, 0])
+    single = load_result(sharpness(a, tmp_path / "a.h5", SharpnessOptions(top_k=2, tol=1e-6, lanczos_steps=100,
+                                                                          sam=False), opts()))
+    assert m["lambda_max"][0] == pytest.approx(float(single.extra["eigenvalues"][0]), rel=1e-5)
+    assert m["loss"][0] == pytest.approx(float(load_result(line).metrics["train"]["loss"][0]), rel=1e-9)
+    fig = plots.figure(r)
+    assert "along a line" in fig.layout.title.text
+    with pytest.raises(UserError, match="interpolate result"):
+        sharpness(None, tmp_path / "x.h5", SharpnessOptions(along=str(tmp_path / "a.h5")), opts())
+
+
+def test_killed_run_resumes_from_finished_stages(run, tmp_path, monkeypatch):
+    import importlib
+
+    mod = importlib.import_module("landscape.analyses.sharpness")  # the package attribute is the function
+
+    ckpt = run / "sgd" / "final.pt"
+    so = SharpnessOptions(top_k=2, lanczos_steps=30, density=True, density_runs=1, density_steps=10, sam=False)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mod, "slq_density", killed)
+    with pytest.raises(KeyboardInterrupt):
+        sharpness(ckpt, tmp_path / "r.h5", so, opts())
+    assert (tmp_path / "r.h5.partial").exists() and not (tmp_path / "r.h5").exists()
+    first = load_result(tmp_path / "r.h5.partial").extra["eigenvalues"]
+    monkeypatch.undo()
+    calls = []
+    real = mod.lanczos
+    monkeypatch.setattr(mod, "lanczos", lambda *a, **k: calls.append(1) or real(*a, **k))
+    r = load_result(sharpness(ckpt, tmp_path / "r.h5", so, opts()))
+    assert calls == []  # the eigenvalues were kept, not recomputed
+    np.testing.assert_array_equal(r.extra["eigenvalues"], first)
+    assert "density/values" in r.extra
+    # Other settings on the same file: a clear error.
+    with pytest.raises(UserError, match="other settings"):
+        sharpness(ckpt, tmp_path / "r.h5", SharpnessOptions(top_k=3), opts())
+
+
+# ============================================================================ settings, CLI
+
+
+def test_run_config_is_found_from_any_checkpoint_depth(run, tmp_path):
+    assert find_run_config(run / "sgd" / "final.pt")["batch_size"] == 16
+    (run / "sgd" / "checkpoints").mkdir(exist_ok=True)
+    assert find_run_config(run / "sgd" / "checkpoints" / "epoch_0001.pt")["momentum"] == 0.9
+    assert find_run_config(tmp_path / "loose.pt") == {}
+
+
+def test_options_are_checked(run, tmp_path):
+    with pytest.raises(UserError, match="one split"):
+        sharpness(run / "sgd" / "final.pt", tmp_path / "x.h5", SharpnessOptions(), opts(splits=("train", "test")))
+    with pytest.raises(UserError, match="trace-method"):
+        sharpness(run / "sgd" / "final.pt", tmp_path / "x.h5", SharpnessOptions(trace_method="exact"), opts())
+    with pytest.raises(UserError, match="--along"):
+        SharpnessOptions(along="line.h5", density=True).validate()
+
+
+def test_cli_command(run, tmp_path):
+    from cli import sharpness as command
+
+    app = typer.Typer()
+    command.register(app)
+    app.command("noop")(lambda: None)  # a second command keeps "sharpness" a subcommand
+    runner = CliRunner()
+    ckpt = str(run / "sgd" / "final.pt")
+    base = ["sharpness", ckpt, "--subset", str(SUBSET), "--device", "cpu", "--top-k", "2", "--lanczos-steps", "25",
+            "--sam-steps", "1"]
+    res = runner.invoke(app, base + ["-o", str(tmp_path / "c.h5"), "--json", "--trace", "--trace-probes", "6"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.output)
+    assert len(summary["eigenvalues"]) == 2 and summary["lr"] == 0.05 and "trace" in summary
+    assert summary["stability"]["gd_limit"]["value"] == pytest.approx(40.0)
+    res = runner.invoke(app, base + ["-o", str(tmp_path / "c.h5"), "--trace", "--trace-probes", "6"])
+    assert res.exit_code == 0 and "λ1" in res.output and "2/lr" in res.output
+    # Default output beside the checkpoint.
+    assert command.default_output(run / "sgd" / "final.pt", None) == run / "sgd" / "sharpness_final.h5"
+    res = runner.invoke(app, ["sharpness"])
+    assert isinstance(res.exception, UserError)
+    res = runner.invoke(app, base + ["--split", "train,test", "-o", str(tmp_path / "d.h5")])
+    assert isinstance(res.exception, UserError) and "one split" in str(res.exception)
