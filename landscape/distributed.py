@@ -91,6 +91,12 @@ def init() -> bool:
 
 def _shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
+        # Leave together: a rank that tears gloo down while its peer is still inside a
+        # collective aborts the peer ("terminate called without an active exception").
+        try:
+            dist.barrier()
+        except Exception:
+            pass
         dist.destroy_process_group()
 
 
