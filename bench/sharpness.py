@@ -3,9 +3,9 @@
 Two measurements, each against a baseline measured in the same process, interleaved:
 
 1. **HVP cost as a multiple of one gradient** (goal <= 2.5x): ``landscape.hessian.Objective``
-   on resnet20 / CIFAR-shaped data and on cnn1d / MNIST-1D (4000 samples): best-of-R wall
-   time of ``value_and_grad`` against ``hvp`` with forward-over-reverse (``jvp``) and with
-   double backward, and the one ``"auto"`` keeps.
+   on resnet20 / CIFAR-shaped data and on cnn1d / MNIST-1D (4000 samples): wall time of
+   ``value_and_grad`` against ``hvp`` with forward-over-reverse (``jvp``) and with double
+   backward, best of R interleaved rounds, and which one ``"auto"`` keeps.
 
 2. **Top-5 eigenvalues** on resnet20 with a CIFAR-shaped random subset (2048 images by
    default): ours (Lanczos with full reorthogonalization, ``tol`` 1e-4 on the Ritz
@@ -88,18 +88,6 @@ def objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int,
     constants = {k: v.detach().clone() for k, v in model.named_buffers()}
     obj, w, _ = Objective.for_model(model, params, constants, x, y, batch_size=batch, hvp_method=method)
     return obj, w
-
-
-def best_of(fn, repeats: int, device: torch.device) -> float:
-    fn()  # warm-up
-    best = math.inf
-    for _ in range(repeats):
-        sync(device)
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 # --------------------------------------------------------------------------- PyHessian-style baseline
@@ -202,12 +190,21 @@ def hvp_cost(case: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, devi
     v = torch.randn(w.shape, generator=torch.Generator().manual_seed(5)).to(w)
     obj.hvp(w, v)  # "auto" measures here
     auto = obj.method
-    t_grad = best_of(lambda: obj.value_and_grad(w), repeats, device)
-    times = {}
-    for method in ("jvp", "double-backward"):
-        forced = Objective(obj.fn, obj.batches, hvp_method=method)
-        times[method] = best_of(lambda: forced.hvp(w, v), repeats, device)
-    return HvpCost(case, len(x), batch, t_grad, times["jvp"], times["double-backward"], auto)
+    forced = {m: Objective(obj.fn, obj.batches, hvp_method=m) for m in ("jvp", "double-backward")}
+    runs = {"grad": lambda: obj.value_and_grad(w), "jvp": lambda: forced["jvp"].hvp(w, v),
+            "double-backward": lambda: forced["double-backward"].hvp(w, v)}
+    best = {name: math.inf for name in runs}
+    for fn in runs.values():  # warm-up
+        fn()
+    # Interleaved rounds, best of each: on a shared machine the load drifts between rounds.
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            sync(device)
+            t = time.perf_counter()
+            fn()
+            sync(device)
+            best[name] = min(best[name], time.perf_counter() - t)
+    return HvpCost(case, len(x), batch, best["grad"], best["jvp"], best["double-backward"], auto)
 
 
 @dataclass
