@@ -55,7 +55,7 @@ def register(app: typer.Typer) -> None:
         by_layer: Annotated[bool, typer.Option("--by-layer", help="Top eigenvalue (and with --trace the trace) of each module's Hessian block")] = False,
         layer_steps: Annotated[int, typer.Option(help="Lanczos steps per layer")] = 20,
         along: Annotated[Optional[Path], typer.Option(help="An interpolate result: the quantities at every alpha of its line")] = None,
-        hvp: Annotated[str, typer.Option(help="Hessian-vector products: auto, jvp (forward-over-reverse) or double-backward")] = "auto",
+        hvp: Annotated[str, typer.Option(help="Hessian-vector products: auto (measure, keep the fastest), grad-of-jvp, jvp-of-grad or double-backward")] = "auto",
         split: Annotated[str, typer.Option("--split", help="The split whose loss is differentiated: train or test")] = "train",
         subset: Annotated[Optional[int], typer.Option(help="Use a fixed seeded subset of N samples (default: whole split)")] = None,
         bn: Annotated[str, typer.Option("--bn", help="recompute: BatchNorm statistics recomputed at the point from the train split; keep: stored ones")] = "recompute",

@@ -9,31 +9,37 @@ through ``torch.func.functional_call`` with BatchNorm in eval mode (its running 
 are constants of the objective; the analysis recomputes them first, as the engine does).
 
 Hessian-vector products (:meth:`Objective.hvp`) are accumulated over the batches in float64
-and divided by ``n``. Two implementations, both exact to float32 round-off (they agree to
-~3e-7 relative):
+and divided by ``n``. Three implementations, all exact to float32 round-off (they agree to
+~5e-7 relative):
 
-* ``"jvp"``: forward-over-reverse, ``torch.func.jvp(torch.func.grad(f), (w,), (v,))``;
+* ``"grad-of-jvp"``: reverse-over-forward, ``autograd.grad(torch.func.jvp(f, (w,), (v,))[1], w)``:
+  the gradient of the directional derivative ``v . grad f``;
+* ``"jvp-of-grad"``: forward-over-reverse, ``torch.func.jvp(torch.func.grad(f), (w,), (v,))``;
 * ``"double-backward"``: ``g = autograd.grad(f, w, create_graph=True)``, then
   ``autograd.grad(g, w, v)`` (what PyHessian does).
 
-``"auto"`` measures: the first product times one product of each kind on the first
-(full-size) batch and keeps the faster for the objective's lifetime (a model whose ops lack a
-forward-mode formula gets double backward); ``Objective.timings`` keeps the numbers. Measured
-on the development machine (2-core AMD EPYC Zen 4, torch 2.14, shared and loaded; cost as a
-multiple of one gradient on the same batch, best of 3)::
+``"auto"`` measures: the first product times two products of each kind (interleaved) on the
+first (full-size) batch and keeps the fastest for the objective's lifetime (a kind that fails,
+e.g. an op without a forward-mode formula, is left out); ``Objective.timings`` keeps the
+numbers. Measured on the development machine (2-core AMD EPYC Zen 4, torch 2.14, 2 threads,
+NCHW, best of 2-5 interleaved rounds on a quiet moment; cost as a multiple of one gradient on
+the same batch)::
 
-    model, batch                          grad     jvp(grad)        double backward
-    cnn1d, MNIST-1D 4000 samples          0.59 s   0.92 s (1.55x)   1.39 s (2.35x)
-    resnet20, 256 CIFAR-shaped (NCHW)     3.53 s   8.49 s (2.41x)   13.2 s (3.76x)
-    53-parameter MLP, 6 batches of 7 (1 thread)  5.9 ms   41 ms (7x)  13 ms (2.2x)
+    model, batch                     grad      grad-of-jvp     jvp-of-grad     double backward
+    cnn1d, MNIST-1D-shaped, 256      6.5 ms    15 ms (2.29x)   22 ms (3.37x)   19 ms (2.87x)
+    cnn1d, 1024                      26 ms     52 ms (1.97x)   76 ms (2.90x)   79 ms (3.00x)
+    cnn1d, 4000                      75 ms     221 ms (2.94x)  266 ms (3.55x)  218 ms (2.90x)
+    resnet20, 64 CIFAR-shaped        114 ms    397 ms (3.48x)  581 ms (5.09x)  450 ms (3.95x)
+    resnet20, 256                    627 ms    1.70 s (2.71x)  3.98 s (6.34x)  2.35 s (3.76x)
+    53-parameter MLP, 6 x 7 samples  5.9 ms    -               41 ms (7x)      13 ms (2.2x)
 
-so forward-over-reverse wins wherever the arithmetic dominates, and double backward where
-``torch.func``'s per-call overhead does (tiny models). Several vectors at once: looping
-``jvp`` per vector beat ``vmap`` over the tangents (cnn1d, 4 vectors: 3.7 s looped vs 6.3 s
-vmapped; resnet20: 34 s vs 31 s, within noise) and double backward with a retained graph
-(4.1 s; 33 s), so :meth:`Objective.hvp` on a block of vectors loops inside the batch loop.
-No GPU was available: on CUDA the same measurement decides, and ``bench/sharpness.py
---device cuda`` reports both.
+(``torch.func.grad`` around the jvp instead of ``autograd.grad``: 2.5-4.5x; ``vmap`` of
+jvp-of-grad over several tangents: slower than a loop.) Reverse-over-forward usually wins;
+``torch.func``'s per-call overhead makes double backward the choice for tiny models, and on
+a loaded machine the order changes (under 3-4x oversubscription jvp-of-grad measured 1.55x
+on cnn1d), which is why "auto" measures instead of following a table. Several vectors are
+looped inside the batch loop. No GPU was available: on CUDA the same measurement decides,
+and ``bench/sharpness.py --device cuda`` reports all three.
 
 Algorithms (all take any symmetric operator ``matvec: (r, d) -> (r, d)``):
 
@@ -69,7 +75,7 @@ __all__ = [
     "lanczos_tridiagonals", "rademacher", "sgd_stability", "slq_density", "trace_h_sigma",
 ]
 
-HVP_METHODS = ("auto", "jvp", "double-backward")
+HVP_METHODS = ("auto", "grad-of-jvp", "jvp-of-grad", "double-backward")
 Batch = tuple[Tensor, ...]
 PerSampleLoss = Callable[[Tensor, Batch], Tensor]
 MatVec = Callable[[Tensor], Tensor]
@@ -181,35 +187,52 @@ class Objective:
     def _hvp_batch(self, w: Tensor, vs: Tensor, batch: Batch) -> Tensor:
         if self._method is None:
             self._method = self._measure(w, vs[:1], batch)
-        if self._method == "jvp":
-            return self._hvp_jvp(w, vs, batch)
-        return self._hvp_double_backward(w, vs, batch)
+        return self._kernels()[self._method](w, vs, batch)
+
+    def _kernels(self) -> dict[str, Callable[[Tensor, Tensor, Batch], Tensor]]:
+        return {"grad-of-jvp": self._hvp_grad_of_jvp, "jvp-of-grad": self._hvp_jvp,
+                "double-backward": self._hvp_double_backward}
 
     def _measure(self, w: Tensor, v: Tensor, batch: Batch) -> str:
-        """``"auto"``: time one product of each kind on this (full-size) batch, keep the faster.
+        """``"auto"``: time products of each kind on this (full-size) batch (two interleaved
+        rounds, best of each), keep the fastest.
 
-        Both are warmed up on two samples first; a model whose ops have no forward-mode
-        formula gets double backward. The timings stay in ``self.timings``.
+        Each kind is tried on two samples first; one that fails (an op without a forward-mode
+        formula) is left out. The timings stay in ``self.timings``.
         """
         small = tuple(t[:2] for t in batch)
-        try:
-            self._hvp_jvp(w, v, small)
-        except (RuntimeError, NotImplementedError):
-            self.timings = {"jvp": math.inf}
-            return "double-backward"
-        self._hvp_double_backward(w, v, small)
-        self.timings = {}
-        for name, f in (("jvp", self._hvp_jvp), ("double-backward", self._hvp_double_backward)):
-            _sync(w.device)
-            t0 = time.perf_counter()
-            f(w, v, batch)
-            _sync(w.device)
-            self.timings[name] = time.perf_counter() - t0
-        return min(self.timings, key=self.timings.__getitem__)
+        kernels = {}
+        for name, f in self._kernels().items():
+            try:
+                f(w, v, small)
+                kernels[name] = f
+            except (RuntimeError, NotImplementedError):
+                self.timings[name] = math.inf
+        if len(kernels) == 1:
+            return next(iter(kernels))
+        best = {name: math.inf for name in kernels}
+        for _ in range(2):  # two interleaved rounds, best of each: robust to a drifting load
+            for name, f in kernels.items():
+                _sync(w.device)
+                t0 = time.perf_counter()
+                f(w, v, batch)
+                _sync(w.device)
+                best[name] = min(best[name], time.perf_counter() - t0)
+        self.timings.update(best)
+        return min(best, key=best.__getitem__)
 
     def _hvp_jvp(self, w: Tensor, vs: Tensor, batch: Batch) -> Tensor:
         g = grad(lambda wv: self._total(wv, batch))
         return torch.stack([jvp(g, (w.detach(),), (v,))[1].double() for v in vs])
+
+    def _hvp_grad_of_jvp(self, w: Tensor, vs: Tensor, batch: Batch) -> Tensor:
+        out = []
+        for v in vs:
+            wv = w.detach().requires_grad_(True)
+            d = jvp(lambda x: self._total(x, batch), (wv,), (v,))[1]  # directional derivative v . grad
+            (hv,) = torch.autograd.grad(d, wv)
+            out.append(hv.double())
+        return torch.stack(out)
 
     def _hvp_double_backward(self, w: Tensor, vs: Tensor, batch: Batch) -> Tensor:
         wv = w.detach().requires_grad_(True)
