@@ -315,7 +315,7 @@ def surface(
     out: Out = None,
     x: Annotated[Optional[str], typer.Option("--x", help="x grid LO:HI:N (default -1:1:21, or around the models with --through)")] = None,
     y: Annotated[Optional[str], typer.Option("--y", help="y grid LO:HI:N")] = None,
-    through: Annotated[Optional[list[Path]], typer.Option(help="Two checkpoints A B: the plane through CHECKPOINT, A and B", show_default=False)] = None,
+    through: Annotated[Optional[tuple[Path, Path]], typer.Option(help="Two checkpoints A B: the plane through CHECKPOINT, A and B", show_default=False)] = None,
     grid: Annotated[int, typer.Option(help="Points per axis when --x/--y are not given")] = 21,
     norm: Norm = "filter", ignore: Ignore = "biasbn",
     split: Split = "train,test", subset: Subset = None, bn: BN = "recompute", device: Device = "auto",
@@ -325,8 +325,6 @@ def surface(
     """Loss on a 2-D plane: random filter-normalized directions, or through three models."""
     from landscape.analyses import parse_range, surface as run
 
-    if through is not None and len(through) != 2:
-        raise UserError("--through takes two checkpoints: --through A.pt --through B.pt")
     xs = parse_range(x, "--x") if x else None
     ys = parse_range(y, "--y") if y else None
     run_analysis("surface", as_json,

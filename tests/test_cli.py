@@ -93,6 +93,16 @@ def test_analysis_plot_and_report(small_run, tmp_path):
     assert "line.h5" in (tmp_path / "report.html").read_text()
 
 
+def test_surface_through_takes_two_checkpoints_after_one_flag(small_run, tmp_path):
+    run = small_run / "sgd"
+    out = tmp_path / "plane.h5"
+    result = landscape("surface", str(run / "checkpoints" / "epoch_0000.pt"), "--through", str(run / "final.pt"),
+                       str(small_run / "swa" / "averaged.pt"), "--grid", "3", "--split", "test",
+                       "--subset", "64", "--device", "cpu", "-o", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["points"] == 9
+
+
 @pytest.mark.parametrize("args,fragment", [
     (["interpolate", "missing_a.pt", "missing_b.pt"], "missing_a.pt"),
     (["interpolate", "{run}/sgd/final.pt", "{run}/swa/averaged.pt", "--range", "1:0"], "empty range"),
