@@ -141,6 +141,8 @@ def train(
     save_every_steps: Annotated[int, typer.Option(help="Also save a checkpoint every K mini-batch steps")] = 0,
     seed: Annotated[int, typer.Option(help="Seed of the initialization, data order and augmentation")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    channels_last: Annotated[bool, typer.Option("--channels-last", help="2-D conv nets in channels_last memory format (faster on CPUs and tensor cores)")] = False,
+    bf16: Annotated[bool, typer.Option("--bf16", help="Training forward passes under bfloat16 autocast (faster; changes the numerics; evaluation stays float32)")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run in --out")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing run in --out")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the final metrics as JSON")] = False,
@@ -157,6 +159,7 @@ def train(
         swa_cycle=swa_cycle, swa_lr_max=swa_lr_max, gamma0=gamma0, phase_momentum=phase_momentum, rho=rho,
         asam_eta=asam_eta, asam_filterwise=asam_filterwise, lookahead_k=lookahead_k,
         lookahead_alpha=lookahead_alpha, save_every_steps=save_every_steps, seed=seed, device=device,
+        channels_last=channels_last, bf16=bf16,
     )
     display = err_console if as_json else console
     with TrainProgress(display) as progress:

@@ -49,7 +49,9 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
 
 def cpu_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    # Contiguous whatever the training memory format (channels_last): one file layout.
+    return {k: v.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
+            for k, v in model.state_dict().items()}
 
 
 @dataclass

@@ -98,6 +98,11 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     eval_batch_size: int = 1024
+    # Opt-in speed (bench/RESULTS.md): 2-D conv nets in channels_last memory format (same
+    # numbers up to float32 summation order), and the training forward passes under bfloat16
+    # autocast (different numerics; evaluation stays float32).
+    channels_last: bool = False
+    bf16: bool = False
 
     def resolved(self) -> "TrainConfig":
         """Fill the defaults that depend on other fields, and validate."""
@@ -205,7 +210,7 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 def train_step(
     name: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-    *, global_batch: int | None = None,
+    *, global_batch: int | None = None, bf16: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One update; returns (loss, correct count) at the pre-step weights.
 
@@ -215,7 +220,9 @@ def train_step(
     of the whole global batch. SAM/ASAM take the first (ascent) gradient inside
     ``no_sync()``: each rank perturbs by its own shard's gradient (m-sharpness, m = the
     per-rank batch), and the second gradient, at w + eps, is averaged over all ranks.
+    ``bf16``: the forward passes run under bfloat16 autocast; the loss is taken in float32.
     """
+    autocast = (lambda: torch.autocast(x.device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
     optimizer.zero_grad(set_to_none=True)
     sam = isinstance(optimizer, SAM)
     ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
@@ -223,15 +230,16 @@ def train_step(
     if ddp and global_batch is not None and len(y) * distributed.world_size() != global_batch:
         weight = len(y) * distributed.world_size() / global_batch
     with model.no_sync() if sam and ddp else nullcontext():
-        logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        with autocast():
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
         (loss * weight if weight != 1.0 else loss).backward()
     if sam:
         # Second gradient on the same batch at w + eps. BatchNorm running statistics
         # were updated by the first pass at w and must not move again.
         def closure() -> torch.Tensor:
-            with frozen_bn_stats(model):
-                perturbed = F.cross_entropy(model(x), y)
+            with frozen_bn_stats(model), autocast():
+                perturbed = F.cross_entropy(model(x).float(), y)
             (perturbed * weight if weight != 1.0 else perturbed).backward()
             return perturbed
 
@@ -293,7 +301,8 @@ def train(
     def prepare() -> None:
         prepare_run_dir(out, cfg.optimizers, resume=resume, force=force)
         if resume and config_path.exists():
-            previous = json.loads(config_path.read_text())["config"]
+            # Settings added after the run was made take their defaults.
+            previous = {**asdict(TrainConfig()), **json.loads(config_path.read_text())["config"]}
             if previous != json.loads(json.dumps(asdict(cfg))):
                 changed = sorted(k for k in previous if previous[k] != asdict(cfg).get(k))
                 raise UserError(f"--resume with different settings than the run in {out} ({', '.join(changed)})")
@@ -351,6 +360,8 @@ def train_optimizer(
     """Train one optimizer from ``init_state``; the loop of the whole project."""
     model = build_model(spec["name"], **spec["kwargs"]).to(device)
     model.load_state_dict(init_state)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)  # 4-D weights only; checkpoints are saved contiguous
     optimizer = make_optimizer(name, model, cfg)
     schedule = lr_schedule(name, cfg)
     averaged = None
@@ -406,13 +417,15 @@ def train_optimizer(
             set_lr(optimizer, lr)
             idx = idx.to(device)
             x = augment(data.train.x[idx], data.augmentation, data_rng)
+            if cfg.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
             if sharded:  # augment the global batch (same random stream on every rank), take my share
                 part = distributed.shard(len(idx))
                 loss, hits = train_step(name, net, optimizer, x[part], data.train.y[idx[part]],
-                                        global_batch=len(idx))
+                                        global_batch=len(idx), bf16=cfg.bf16)
                 loss_sum += loss.double() * (part.stop - part.start)
             else:
-                loss, hits = train_step(name, model, optimizer, x, data.train.y[idx])
+                loss, hits = train_step(name, model, optimizer, x, data.train.y[idx], bf16=cfg.bf16)
                 loss_sum += loss.double() * len(idx)
             correct += hits
             step += 1

@@ -217,3 +217,62 @@ def test_bad_config_is_a_user_error(tmp_path, overrides, message):
     with pytest.raises(UserError, match=message):
         train(small_config(**overrides), tmp_path / "run")
     assert not (tmp_path / "run" / "sgd").exists()
+
+
+# ============================================================================ opt-in speed
+
+
+def test_channels_last_takes_the_same_step(tmp_path, monkeypatch):
+    from tests.test_data import _make_cifar10
+
+    # One full-batch step of resnet20, so float32 reordering cannot compound over steps.
+    _make_cifar10(tmp_path / "data", monkeypatch, per_batch=16, n_test=16)
+    base = dict(dataset="cifar10", data_dir=str(tmp_path / "data"), model="resnet20", epochs=1, batch_size=80,
+                device="cpu", seed=1, lr=0.05)
+    train(TrainConfig(**base), tmp_path / "nchw")
+    train(TrainConfig(**base, channels_last=True), tmp_path / "nhwc")
+    init = params(tmp_path / "nchw" / "sgd" / "checkpoints" / "epoch_0000.pt")
+    a, b = params(tmp_path / "nchw" / "sgd" / "final.pt"), params(tmp_path / "nhwc" / "sgd" / "final.pt")
+    da, db = flat({k: a[k] - init[k] for k in init}), flat({k: b[k] - init[k] for k in init})
+    # Not bit-identical: channels_last BatchNorm backward reduces in another order, and at a
+    # random initialization on random images its mean subtractions cancel badly (both layouts
+    # are 5e-4..1e-2 off a float64 gradient per tensor; measured 7.5e-3 between them on the
+    # whole update). A permuted or mis-strided weight would be O(1).
+    assert np.linalg.norm(db - da) / np.linalg.norm(da) < 5e-2
+    assert all(b[k].is_contiguous() for k in b)  # checkpoints keep one layout whatever the training format
+
+
+def test_bf16_step_is_an_autocast_forward_and_a_float32_update():
+    from landscape.train import make_optimizer, train_step
+
+    torch.manual_seed(0)
+    model = build_model("cnn1d", num_classes=10, input_shape=[1, 40], channels=8)
+    reference = build_model("cnn1d", num_classes=10, input_shape=[1, 40], channels=8)
+    reference.load_state_dict(model.state_dict())
+    x, y = torch.randn(16, 1, 40), torch.randint(0, 10, (16,))
+    cfg = TrainConfig(lr=0.1)
+    train_step("sgd", model, make_optimizer("sgd", model, cfg), x, y, bf16=True)
+
+    sgd = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = reference(x)
+    torch.nn.functional.cross_entropy(logits.float(), y).backward()
+    sgd.step()
+    for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+        assert p.dtype == torch.float32
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)
+    # and it is not the float32 step
+    torch.manual_seed(0)
+    plain = build_model("cnn1d", num_classes=10, input_shape=[1, 40], channels=8)
+    train_step("sgd", plain, make_optimizer("sgd", plain, cfg), x, y)
+    assert any(not torch.equal(p, q) for p, q in zip(plain.parameters(), model.parameters()))
+
+
+def test_resume_of_a_run_made_before_a_setting_existed(tmp_path):
+    run = tmp_path / "run"
+    cfg = small_config(epochs=2)
+    train(cfg, run, resume=False)
+    record = json.loads((run / "config.json").read_text())
+    del record["config"]["bf16"], record["config"]["channels_last"]
+    (run / "config.json").write_text(json.dumps(record))
+    train(cfg, run, resume=True)  # no "different settings" error
