@@ -30,6 +30,7 @@ needs_chromium = pytest.mark.skipif(
            "or set LANDSCAPE_CHROMIUM)")
 
 KINDS = ("interpolate", "rays", "surface", "segments", "twopoint", "trajectory", "sharpness")
+DRAWN = KINDS + ("compare",)  # compare.h5 covers whole splits: not in the per-kind caption test
 
 
 # ============================================================================ synthetic results
@@ -182,9 +183,43 @@ def make_sharpness(tmp: Path) -> Path:
                   lr=0.1)
 
 
+def make_compare(tmp: Path, *, sharpness: bool = True, optimizers: tuple[str, ...] = ("sgd", "asgd", "sam")) -> Path:
+    """A real compare.h5, through landscape.compare's own make_plan / make_table / write_result,
+    from hand-written final metrics.jsonl lines and stand-in checkpoint files instead of
+    training: 3 seeds, asgd with its averaged model, sam's seed 1 test accuracy NaN, and
+    (with ``sharpness``) the eigenvalues from a stand-in for the Hessian code."""
+    from landscape import compare as cmp
+    from landscape.train import TrainConfig
+
+    out = tmp / f"compare-{'-'.join(optimizers)}{'-sharp' if sharpness else ''}"
+    data = {"name": "mnist1d", "num_train": 384, "num_test": 256}
+    plan = cmp.make_plan(TrainConfig(optimizers=list(optimizers), data_options=data, epochs=2, device="cpu"),
+                         out, seeds=3)
+    rng = np.random.default_rng(7)
+    for run in plan.runs:
+        run.directory.mkdir(parents=True)
+        (run.directory / "config.json").write_text(json.dumps({"data": data}))
+        for opt in run.optimizers:
+            line = {"epoch": 2, "lr": 0.001}
+            for prefix in ("", "averaged_"):
+                for key in cmp.METRICS:
+                    line[prefix + key] = (0.8 + 0.1 * rng.random()) if "acc" in key else (0.3 + 0.2 * rng.random())
+            if opt == "sam" and run.seed == 1:
+                line["test_acc"] = float("nan")
+            (run.directory / opt).mkdir()
+            (run.directory / opt / "metrics.jsonl").write_text(json.dumps(line) + "\n")
+            for name in ("final.pt", "averaged.pt"):
+                (run.directory / opt / name).write_text(f"{run.seed} {opt} {name}")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cmp, "SHARPNESS", lambda checkpoint, **kw: 20.0 + 3 * rng.random())
+        table = cmp.make_table(plan, sharpness=sharpness)
+    return cmp.write_result(plan, table, "landscape compare " + " ".join(f"--optimizer {o}" for o in optimizers)
+                            + " --seeds 3 --epochs 2")
+
+
 MAKERS = {"interpolate": make_interpolate, "rays": make_rays, "surface": make_surface,
           "segments": make_segments, "twopoint": make_twopoint, "trajectory": make_trajectory,
-          "sharpness": make_sharpness}
+          "sharpness": make_sharpness, "compare": make_compare}
 
 
 @pytest.fixture(scope="module")
@@ -333,6 +368,100 @@ def test_sharpness_spectrum_and_stability_line(results):
     assert "trace = 123.4" in fig.layout.title.subtitle.text
 
 
+def test_compare_forest_plot_seeds_ci_paired_and_gaps(results):
+    import h5py
+    from scipy import stats
+
+    path = results["compare"]
+    with h5py.File(path, "r") as h5:   # the file itself, independently of landscape.store
+        acc, loss = h5["test/accuracy"][()], h5["test/loss"][()]
+        sharp = h5["sharpness"][()]
+        mean = {m: h5[f"stats/{m}/mean"][()] for m in ("test_acc", "test_loss", "sharpness")}
+        std = {m: h5[f"stats/{m}/std"][()] for m in ("test_acc", "test_loss", "sharpness")}
+        diff = {k: h5[f"stats/test_acc/diff_{k}"][()] for k in ("mean", "ci_low", "ci_high")}
+        paired = h5["paired/test_acc"][()]
+        base = h5["baseline_row"][()]
+        rows = [(o.decode(), m.decode()) for o, m in zip(h5["optimizer"][()], h5["model"][()])]
+    assert rows == [("sgd", "last"), ("asgd", "last"), ("asgd", "averaged"), ("sam", "last")]
+    assert acc.shape == (4, 3) and list(base) == [0, 0, 0, 0] and np.isnan(acc[3, 1])
+    fig = plots.figure(load_result(path))
+    data = _data(fig)
+    # 5 panels (accuracy, Δ accuracy, loss, Δ loss, sharpness) x (3 seeds + mean), and the
+    # NaN seed marked as such in the accuracy and Δ accuracy panels.
+    assert len(data) == 5 * (3 + 1) + 2
+    assert sum(t.get("name") == "seed 0" for t in data) == 5
+    diverged = [t for t in data if t.get("name") == plots.DIVERGED_NAME]
+    assert [t["xaxis"] for t in diverged] == ["x", "x2"] and diverged[0]["customdata"][0][0] == "NaN"
+
+    # Every seed is a dot at the stored value, with that value exactly in the hover.
+    seed2 = _trace(fig, name="seed 2", xaxis="x")
+    assert seed2["x"] == pytest.approx(100 * acc[:, 2])
+    assert [c[1] for c in seed2["customdata"]] == [repr(float(v)) for v in acc[:, 2]]
+    assert _trace(fig, name="seed 0", xaxis="x3")["x"] == pytest.approx(loss[:, 0])
+    assert _trace(fig, name="seed 1", xaxis="x5")["x"] == pytest.approx(sharp[:, 1])
+    # The NaN seed is a gap, never a zero; so is the mean it makes NaN; its loss is drawn.
+    seed1 = _trace(fig, name="seed 1", xaxis="x")
+    assert seed1["x"][3] is None and all(v is not None for v in seed1["x"][:3])
+    assert seed1["customdata"][3][1] == "NaN"
+    assert _trace(fig, name="seed 1", xaxis="x3")["x"][3] == pytest.approx(loss[3, 1])
+
+    # Means with their CI as error bars: Student t over the 3 seeds ...
+    ci = [t for t in data if t.get("legendgroup") == "mean"]
+    assert len(ci) == 5 and all(t["error_x"].get("visible", True) for t in ci)
+    t975 = stats.t.ppf(0.975, 2)
+    acc_ci = ci[0]
+    assert acc_ci["x"][:3] == pytest.approx(100 * mean["test_acc"][:3]) and acc_ci["x"][3] is None
+    assert acc_ci["error_x"]["array"][:3] == pytest.approx(100 * t975 * std["test_acc"][:3] / math.sqrt(3))
+    assert acc_ci["error_x"]["arrayminus"][:3] == acc_ci["error_x"]["array"][:3]
+    loss_ci = _trace(fig, legendgroup="mean", xaxis="x3")
+    assert loss_ci["error_x"]["array"] == pytest.approx(t975 * std["test_loss"] / math.sqrt(3))
+    sharp_ci = _trace(fig, legendgroup="mean", xaxis="x5")
+    assert sharp_ci["x"] == pytest.approx(mean["sharpness"])
+    # ... and the paired differences with the stored CI, the baseline row itself left out.
+    d_ci = _trace(fig, legendgroup="mean", xaxis="x2")
+    assert d_ci["x"][0] is None and d_ci["x"][1:3] == pytest.approx(100 * diff["mean"][1:3])
+    assert d_ci["error_x"]["array"][1:3] == pytest.approx(100 * (diff["ci_high"] - diff["mean"])[1:3])
+    assert d_ci["error_x"]["arrayminus"][1:3] == pytest.approx(100 * (diff["mean"] - diff["ci_low"])[1:3])
+    d_seed = _trace(fig, name="seed 0", xaxis="x2")
+    assert d_seed["x"][0] is None and d_seed["x"][1:] == pytest.approx(100 * paired[1:, 0])
+
+    # The baseline row is named and shaded in every panel; rows read top to bottom.
+    assert "baseline" in fig.layout.yaxis.ticktext[0] and "baseline" not in fig.layout.yaxis.ticktext[1]
+    assert list(fig.layout.yaxis.ticktext[1:]) == ["asgd", "asgd (averaged)", "sam"]
+    assert fig.layout.yaxis.range[0] > fig.layout.yaxis.range[1]
+    assert sum(s.type == "rect" for s in fig.layout.shapes) == 5
+    assert "percentage points" in fig.layout.xaxis2.title.text and "%" in fig.layout.xaxis.title.text
+    cap = fig.layout.meta["caption"]
+    assert "landscape compare" in cap and "whole splits" in cap and "ddof=1" in cap and "Lanczos" in cap
+    assert "3 seeds" in fig.layout.title.subtitle.text and "2 epochs" in fig.layout.title.subtitle.text
+
+
+@pytest.mark.parametrize("sharpness, optimizers, panels", [
+    (False, ("sgd", "asgd", "sam"), 4),      # no --sharpness: no eigenvalue panel
+    (False, ("asgd", "sam"), 2),             # no sgd, so no baseline: no paired panels
+])
+def test_compare_panels_follow_the_file(tmp_path, sharpness, optimizers, panels):
+    fig = plots.figure(load_result(make_compare(tmp_path, sharpness=sharpness, optimizers=optimizers)))
+    data = _data(fig)
+    axes = {t["xaxis"] for t in data}
+    assert axes == {"x" if i == 1 else f"x{i}" for i in range(1, panels + 1)}
+    diverged = sum(t.get("name") == plots.DIVERGED_NAME for t in data)
+    assert len(data) == panels * (3 + 1) + diverged and diverged == (2 if panels == 4 else 1)
+    assert all("baseline" not in t for t in fig.layout.yaxis.ticktext) == (panels == 2)
+
+
+def test_plot_and_report_of_a_compare_directory(results, tmp_path):
+    page = plots.plot_result(results["compare"], tmp_path / "compare.html").read_text()
+    _assert_self_contained(page)
+    assert "<title>compare: compare.h5</title>" in page
+    report = plots.report(results["compare"].parent, tmp_path / "report.html").read_text()
+    _assert_self_contained(report)
+    assert "<h2>Comparison</h2>" in report and '<table class="summary">' in report
+    assert "figure-1" in report and "Optimizer comparison over seeds" in report
+    assert report.index('<table class="summary">') < report.index("figure-1")
+    assert "could not draw" not in report
+
+
 def test_partial_result_is_drawn_and_says_so(tmp_path):
     partial = make_interpolate(tmp_path, finish=False)
     fig = plots.figure(load_result(partial))
@@ -445,8 +574,8 @@ def _nulls(fig: go.Figure) -> int:
 
 @needs_chromium
 def test_pages_render_in_chromium(results, run_dir, tmp_path):
-    pages = {kind: plots.plot_result(results[kind], tmp_path / f"{kind}.html") for kind in KINDS}
-    figs = {kind: plots.figure(load_result(results[kind])) for kind in KINDS}
+    pages = {kind: plots.plot_result(results[kind], tmp_path / f"{kind}.html") for kind in DRAWN}
+    figs = {kind: plots.figure(load_result(results[kind])) for kind in DRAWN}
     report = plots.report(run_dir, tmp_path / "report.html")
     with browser.Browser() as b:
         for kind, page_path in pages.items():
@@ -472,3 +601,8 @@ def test_pages_render_in_chromium(results, run_dir, tmp_path):
         assert page.console_errors == [] and page.external_requests == []
         assert len(page.divs) == 3 and all(d["main_svg"] >= 1 for d in page.divs)
         assert page.title.startswith("landscape report")
+        # A compare directory's report: the table and the figure.
+        page = b.load(plots.report(results["compare"].parent, tmp_path / "compare-report.html"),
+                      tmp_path / "compare-report.png", expect_divs=1)
+        assert page.console_errors == [] and page.external_requests == []
+        assert len(page.divs) == 1 and page.divs[0]["traces"] == len(figs["compare"].data)
