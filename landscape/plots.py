@@ -604,12 +604,14 @@ def _surface(r: Any) -> go.Figure:
     units = _text(r.attrs.get("units")) if r.attrs.get("units") else RAY_UNITS.get(norm, norm or "direction units")
     short_units = ("parameter distance" if norm == "gram-schmidt" else RAY_UNITS.get(norm, "direction units"))
     fig = make_subplots(rows=1, cols=ncols, subplot_titles=[f"{s} loss" for s in splits] or [""],
-                        horizontal_spacing=0.1)
+                        horizontal_spacing=0.16)
     done = _done_mask(r, (ny, nx))
     losses = {s: _grid(r, r.metrics[s]["loss"], nx, ny) for s in splits}
     logs = {s: _log10(v) for s, v in losses.items()}
-    rng = _finite_range(*logs.values()) or (0.0, 1.0)
-    tickvals, ticktext = _nice_log_ticks(*rng)
+    # One colour scale per panel: train and test losses often differ by an order of
+    # magnitude, and a shared scale would flatten the contrast of both.
+    ranges = {s: _finite_range(v) or (0.0, 1.0) for s, v in logs.items()}
+    color_axis = {s: "coloraxis" if i == 0 else f"coloraxis{i + 1}" for i, s in enumerate(splits)}
     gx, gy = np.meshgrid(xs, ys)
     x_txt, y_txt = _strings(gx, _coord), _strings(gy, _coord)
     traces_2d, traces_3d = [], []
@@ -636,7 +638,7 @@ def _surface(r: Any) -> go.Figure:
         hover = (f"<b>{split} loss = %{{customdata[2]}}</b><br>accuracy %{{customdata[3]}}"
                  "<br>x = %{customdata[0]}, y = %{customdata[1]}<extra></extra>")
         contour = go.Contour(
-            x=xs.tolist(), y=ys.tolist(), z=_gaps(logs[split]), coloraxis="coloraxis", customdata=cd,
+            x=xs.tolist(), y=ys.tolist(), z=_gaps(logs[split]), coloraxis=color_axis[split], customdata=cd,
             hovertemplate=hover, name=f"{split} loss", showlegend=False, connectgaps=False,
             contours=dict(coloring="heatmap", showlines=True), ncontours=24,
             line=dict(width=0.6, color="rgba(255,255,255,0.55)"),
@@ -645,7 +647,7 @@ def _surface(r: Any) -> go.Figure:
         traces_2d.append(len(fig.data) - 1)
         scene = "scene" if col == 1 else f"scene{col}"
         fig.add_trace(go.Surface(
-            x=xs.tolist(), y=ys.tolist(), z=_gaps(logs[split]), coloraxis="coloraxis", customdata=cd,
+            x=xs.tolist(), y=ys.tolist(), z=_gaps(logs[split]), coloraxis=color_axis[split], customdata=cd,
             hovertemplate=hover, name=f"{split} loss", showlegend=False, visible=False, scene=scene,
             contours=dict(z=dict(show=True, usecolormap=True, project=dict(z=True), width=1)),
         ))
@@ -704,22 +706,33 @@ def _surface(r: Any) -> go.Figure:
         fig.update_xaxes(title_text=f"x ({short_units})", row=1, col=col, range=[xs.min(), xs.max()])
         fig.update_yaxes(title_text=f"y ({short_units})" if col == 1 else None, row=1, col=col,
                          range=[ys.min(), ys.max()])
-    # Equal units on both axes when the plane is metric (through three models).
+    # Equal units on both axes when the plane is metric (through three models), and a figure
+    # only as tall as that aspect needs (a long thin plane would leave a band of white).
+    height = HEIGHT + 80
     if norm == "gram-schmidt":
         for col in range(1, ncols + 1):
             fig.update_yaxes(scaleanchor=_axis_name("x", 1, col, ncols).replace("axis", ""), scaleratio=1,
                              constrain="domain", row=1, col=col)
             fig.update_xaxes(constrain="domain", row=1, col=col)
-    colorbar = dict(title=dict(text="loss<br>(log scale)", side="top"), tickvals=tickvals, ticktext=ticktext,
-                    len=0.85, thickness=16)
-    fig.update_layout(coloraxis=dict(colorscale="Viridis", cmin=rng[0], cmax=rng[1], colorbar=colorbar))
+        panel_px = 1200 * (1 - 0.16 * (ncols - 1)) / ncols  # the report's width
+        plot_px = height - TOP_MARGIN - 76
+        aspect = (ys.max() - ys.min()) / max(xs.max() - xs.min(), 1e-12)
+        height -= int(max(0.0, plot_px - max(260.0, panel_px * aspect)))
+    for col, split in enumerate(splits, start=1):
+        lo, hi = ranges[split]
+        tickvals, ticktext = _nice_log_ticks(lo, hi)
+        right = fig.layout[_axis_name("x", 1, col, ncols)].domain[1]
+        fig.layout[color_axis[split]] = dict(colorscale="Viridis", cmin=lo, cmax=hi, colorbar=dict(
+            title=dict(text=f"{split} loss<br>(log scale)", side="top"), tickvals=tickvals, ticktext=ticktext,
+            len=0.85, thickness=14, x=right + 0.012, xanchor="left"))
 
     # 3-D scenes: parked in a corner (they would swallow the contour's hover) until switched to.
     parked = dict(x=[0, 0.0001], y=[0, 0.0001])
-    z_axis = dict(title="loss", tickvals=tickvals, ticktext=ticktext, tickfont=dict(size=11))
     scene_ids = ["scene" if c == 1 else f"scene{c}" for c in range(1, ncols + 1)]
     domains = {}
     for col, sid in enumerate(scene_ids, start=1):
+        tickvals, ticktext = _nice_log_ticks(*ranges[splits[col - 1]]) if splits else ([], [])
+        z_axis = dict(title="loss", tickvals=tickvals, ticktext=ticktext, tickfont=dict(size=11))
         xa = fig.layout[_axis_name("x", 1, col, ncols)]
         domains[sid] = dict(x=list(xa.domain), y=[0.0, 1.0])
         fig.layout[sid] = dict(domain=parked, xaxis=dict(title="x", tickfont=dict(size=11)),
@@ -739,8 +752,8 @@ def _surface(r: Any) -> go.Figure:
     fig.update_layout(updatemenus=[menu])
     plane = ("plane through three models (Gram-Schmidt; axes in parameter distance)" if norm == "gram-schmidt"
              else f"two random directions ({units})")
-    _finish(fig, r, "Loss surface", f"{plane}; grid {nx} × {ny}; colour: loss on a log scale",
-            height=HEIGHT + 80, right_margin=40)
+    _finish(fig, r, "Loss surface", f"{plane}; grid {nx} × {ny}; colour: loss on a log scale, per panel",
+            height=height, right_margin=70)
     _place_buttons(fig)
     return fig
 
