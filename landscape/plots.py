@@ -925,6 +925,22 @@ def _lr_boundaries(lr: np.ndarray | None) -> list[int]:
             and not np.isclose(lr[t], lr[t - 1], rtol=1e-9, atol=0)]
 
 
+def _uncrowded(points: np.ndarray, texts: list[str], taken: np.ndarray, min_frac: float = 0.07) -> list[str]:
+    """``texts`` with those blanked whose point lies within ``min_frac`` of the axes' span of a
+    point already labelled (``taken``, then each kept one): late LR phases of a PCA path
+    bunch up at its end. The markers stay; hover still names them."""
+    everything = np.vstack([points, taken]) if len(taken) else points
+    span = np.ptp(everything, axis=0) if len(everything) > 1 else np.ones(2)
+    span = np.where(span > 0, span, 1.0)
+    kept, out = [p for p in taken], []
+    for p, text in zip(points, texts):
+        crowded = any(np.all(np.abs((p - q) / span) < min_frac) for q in kept)
+        out.append("" if crowded else text)
+        if not crowded:
+            kept.append(p)
+    return out
+
+
 def _trajectory(r: Any) -> go.Figure:
     epochs = np.asarray(r.coords.get("epoch", []), dtype=np.float64)
     coords = _extra(r, "pca/coords")
@@ -1015,9 +1031,10 @@ def _trajectory(r: Any) -> go.Figure:
         ), row=1, col=1)
     if boundaries:
         bx = [t for t in boundaries if ok[t]]
+        labels = _uncrowded(coords[bx], [f"lr → {lr[t]:g}" for t in bx], coords[ends] if ends else np.empty((0, 2)))
         fig.add_trace(go.Scatter(
             x=[coords[t, 0] for t in bx], y=[coords[t, 1] for t in bx], mode="markers+text",
-            text=[f"lr → {lr[t]:g}" for t in bx], textposition="top center", textfont=dict(size=13),
+            text=labels, textposition="top center", textfont=dict(size=13),
             name="LR phase starts", legendgroup="phase",
             marker=dict(symbol="diamond", size=15, color="#E69F00", line=dict(width=1.5, color="#222")),
             customdata=[hover_rows[t] for t in bx],
@@ -1038,9 +1055,11 @@ def _trajectory(r: Any) -> go.Figure:
         ), row=1, col=2)
         bx = [t for t in boundaries if np.isfinite(d1[t]) and np.isfinite(d2[t])]
         if bx:
+            td = np.stack([d1, d2], -1)
+            labels = _uncrowded(td[bx], [f"lr → {lr[t]:g}" for t in bx], np.empty((0, 2)))
             fig.add_trace(go.Scatter(
                 x=[d1[t] for t in bx], y=[d2[t] for t in bx], mode="markers+text",
-                text=[f"lr → {lr[t]:g}" for t in bx], textposition="top center", textfont=dict(size=13),
+                text=labels, textposition="top center", textfont=dict(size=13),
                 name="LR phase starts", legendgroup="phase", showlegend=False,
                 marker=dict(symbol="diamond", size=15, color="#E69F00", line=dict(width=1.5, color="#222")),
                 customdata=[td_rows[t] for t in bx], hovertemplate=td_hover,
