@@ -42,6 +42,12 @@ Sharpness. With ``sharpness=True`` (``--sharpness``) every row also gets the top
 eigenvalue of its model on a fixed subset of the training split, mean and std over seeds.
 It needs :mod:`landscape.hessian` and its analysis (checked when this module is imported;
 see :data:`SHARPNESS`); it is off by default because it costs a few seconds per checkpoint.
+
+torchrun. Every process runs the same plan in the same order: training is
+DistributedDataParallel (:func:`landscape.train.train`), the sharpness analysis shares the
+data out. Rank 0 alone looks at and writes ``OUT`` (the plan, which runs are done, the
+budget probe's timings, the sharpness cache, ``compare.h5``, ``compare.csv``) and hands
+its findings to the other ranks, so they never disagree about what to train next.
 """
 
 from __future__ import annotations
@@ -59,6 +65,7 @@ from typing import Any
 
 import numpy as np
 
+from landscape import distributed
 from landscape.checkpoint import atomic_write_text
 from landscape.errors import UserError
 from landscape.train import OPTIMIZERS, TrainConfig, averages, train
@@ -397,7 +404,8 @@ def compare(config: TrainConfig, out: str | Path, *, seeds: int = 3, first_seed:
     ``progress`` is the trainer's per-batch hook; ``on_event`` hears about the plan
     (``{"event": "probe" | "budget" | "run" | "skip" | "sharpness", ...}``).
     """
-    emit = on_event or (lambda event: None)
+    distributed.init()  # under torchrun: every rank trains and measures, rank 0 writes
+    emit = on_event if on_event is not None and distributed.is_main() else (lambda event: None)
     if sharpness and SHARPNESS is None:
         raise UserError("--sharpness needs the Hessian code (landscape.hessian and landscape.analyses.sharpness), "
                         "which this installation lacks")
@@ -411,35 +419,48 @@ def compare(config: TrainConfig, out: str | Path, *, seeds: int = 3, first_seed:
     if budget is not None and config.phases is not None and config.schedule == "phases":
         raise UserError("--budget chooses the number of epochs, so --phases (which fixes it) cannot be given too")
     plan = make_plan(config, out, seeds=seeds, first_seed=first_seed, sweep=sweep, baseline=baseline)
-    _prepare_out(plan, force=force)
+    distributed.on_main(lambda: _prepare_out(plan, force=force))
 
     budget_record = None
     if budget is not None:
         budget_record = _choose_epochs(plan, float(budget), progress=progress, emit=emit)
         plan = make_plan(replace(config, epochs=budget_record["epochs"]), out, seeds=seeds, first_seed=first_seed,
                          sweep=sweep, baseline=baseline)
-    for run in plan.runs:  # every mismatch before anything is written or trained
-        _check_same_settings(run)
-    _write_plan(plan, budget_record)
+
+    def settle() -> list[TrainConfig]:
+        for run in plan.runs:  # every mismatch before anything is written or trained
+            _check_same_settings(run)
+        _write_plan(plan, budget_record)
+        return [run.config for run in plan.runs]
+
+    _, configs = distributed.on_main(settle, share=lambda found: found)
+    for run, cfg in zip(plan.runs, configs):
+        run.config = cfg  # a started run keeps its device: the same on every rank
 
     trained, skipped = [], []
     for k, run in enumerate(plan.runs, start=1):
-        state = run.state()
+        _, state = distributed.on_main(run.state, share=lambda found: found)
         if state == "done":
             skipped.append(run)
             emit({"event": "skip", "run": run, "index": k, "total": len(plan.runs)})
             continue
         emit({"event": "run", "run": run, "index": k, "total": len(plan.runs), "state": state})
         train(run.config, run.directory, resume=True, progress=progress)
-        if run.state() != "done":  # e.g. averaged.pt deleted after training had finished
-            raise UserError(f"{run.directory}: still incomplete after training (a deleted averaged.pt?); "
-                            "remove that directory and run the same command again")
+        distributed.on_main(lambda run=run: _check_trained(run))
         trained.append(run)
 
+    # Every rank reads the finished metrics (a shared filesystem, as train --resume needs).
     table = make_table(plan, sharpness=sharpness, sharpness_subset=sharpness_subset, emit=emit)
-    h5 = write_result(plan, table, command, sharpness_subset)
-    csv_path = write_csv(table, out / "compare.csv")
+    _, (h5, csv_path) = distributed.on_main(
+        lambda: (write_result(plan, table, command, sharpness_subset), write_csv(table, out / "compare.csv")),
+        share=lambda paths: paths)
     return CompareResult(plan, table, h5, csv_path, trained, skipped, budget_record)
+
+
+def _check_trained(run: Run) -> None:
+    if run.state() != "done":  # e.g. averaged.pt deleted after training had finished
+        raise UserError(f"{run.directory}: still incomplete after training (a deleted averaged.pt?); "
+                        "remove that directory and run the same command again")
 
 
 def _prepare_out(plan: Plan, *, force: bool) -> None:
@@ -510,21 +531,13 @@ def _write_plan(plan: Plan, budget: dict[str, Any] | None) -> None:
 
 
 def _choose_epochs(plan: Plan, budget: float, *, progress, emit: Event) -> dict[str, Any]:
-    """Time PROBE_EPOCHS epochs of every optimizer of the first run, then fit the budget."""
-    path = plan.out / "compare.json"
-    if path.exists():
-        try:
-            old = json.loads(path.read_text())
-            stored = old.get("budget") or {}
-            same = {k: v for k, v in old.get("config", {}).items() if k not in ("epochs", "phases")} == \
-                   {k: v for k, v in asdict(plan.config).items() if k not in ("epochs", "phases")}
-            if stored.get("seconds") == budget and same and old.get("seeds") == plan.seeds \
-                    and old.get("sweep") == (None if plan.sweep is None else
-                                             {"key": plan.sweep.key, "values": list(plan.sweep.values)}):
-                emit({"event": "budget", "reused": True, **stored})
-                return stored
-        except (OSError, ValueError, AttributeError):
-            pass
+    """Time PROBE_EPOCHS epochs of every optimizer of the first run, then fit the budget.
+
+    Under torchrun the probe trains on every rank and rank 0's clock decides for all."""
+    _, stored = distributed.on_main(lambda: _stored_budget(plan, budget), share=lambda found: found)
+    if stored is not None:
+        emit({"event": "budget", "reused": True, **stored})
+        return stored
     first = plan.runs[0]
     optimizers = list(dict.fromkeys(o for r in plan.runs if r.seed == first.seed for o in r.optimizers))
     probe_cfg = replace(plan.config, optimizers=optimizers, epochs=PROBE_EPOCHS, seed=first.seed, phases=None,
@@ -547,9 +560,13 @@ def _choose_epochs(plan: Plan, budget: float, *, progress, emit: Event) -> dict[
     try:
         train(probe_cfg, where, force=True, progress=timer)
     finally:
-        shutil.rmtree(where, ignore_errors=True)
-    probe_seconds = time.perf_counter() - start
-    per_epoch = {o: marks[(o, PROBE_EPOCHS)] - marks[(o, PROBE_EPOCHS - 1)] for o in optimizers}
+        if distributed.is_main():
+            shutil.rmtree(where, ignore_errors=True)
+    timing = None
+    if distributed.is_main():  # the trainer reports epochs (the marks) on rank 0 only
+        timing = (time.perf_counter() - start,
+                  {o: marks[(o, PROBE_EPOCHS)] - marks[(o, PROBE_EPOCHS - 1)] for o in optimizers})
+    probe_seconds, per_epoch = distributed.broadcast_object(timing)
     startup = max(0.0, probe_seconds - PROBE_EPOCHS * sum(per_epoch.values()))  # data, init, checkpoints
     epoch_cost = sum(per_epoch[o] for r in plan.runs for o in r.optimizers)  # one epoch of every run
     fixed = probe_seconds + len(plan.runs) * startup
@@ -564,6 +581,25 @@ def _choose_epochs(plan: Plan, budget: float, *, progress, emit: Event) -> dict[
               "rule": f"largest E with probe + runs x startup + E x (seconds per epoch of every run) <= {budget:g}"}
     emit({"event": "budget", "reused": False, **record})
     return record
+
+
+def _stored_budget(plan: Plan, budget: float) -> dict[str, Any] | None:
+    """The epochs chosen for this budget and these settings before (in compare.json), if any."""
+    path = plan.out / "compare.json"
+    if not path.exists():
+        return None
+    try:
+        old = json.loads(path.read_text())
+        stored = old.get("budget") or {}
+        same = {k: v for k, v in old.get("config", {}).items() if k not in ("epochs", "phases")} == \
+               {k: v for k, v in asdict(plan.config).items() if k not in ("epochs", "phases")}
+        if stored.get("seconds") == budget and same and old.get("seeds") == plan.seeds \
+                and old.get("sweep") == (None if plan.sweep is None else
+                                         {"key": plan.sweep.key, "values": list(plan.sweep.values)}):
+            return stored
+    except (OSError, ValueError, AttributeError):
+        pass
+    return None
 
 
 # ============================================================================ the table
@@ -637,21 +673,29 @@ def _sharpness(plan: Plan, rows: list[Row], subset: int | None, emit: Event | No
     if SHARPNESS is None:
         raise UserError("--sharpness needs the Hessian code (landscape.hessian), which this installation lacks")
     cache_path = plan.out / "sharpness.json"
-    try:
-        cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
-    except (OSError, ValueError):
-        cache = {}
+
+    def read_cache() -> dict[str, float]:
+        try:
+            return json.loads(cache_path.read_text()) if cache_path.exists() else {}
+        except (OSError, ValueError):
+            return {}
+
+    # Under torchrun: rank 0's cache and keys, so every rank computes the same checkpoints
+    # (each computation is collective) in the same order.
     out = np.full((len(rows), len(plan.seeds)), np.nan)
     todo = [(i, j) for i in range(len(rows)) for j in range(len(plan.seeds))]
-    for k, (i, j) in enumerate(todo, start=1):
+    _, (cache, keys) = distributed.on_main(
+        lambda: (read_cache(), [f"{file_sha256(_checkpoint(rows[i].runs[j], rows[i]))}:train:{subset}"
+                                for i, j in todo]), share=lambda found: found)
+    for k, ((i, j), key) in enumerate(zip(todo, keys), start=1):
         row, run = rows[i], rows[i].runs[j]
         ckpt = _checkpoint(run, row)
-        key = f"{file_sha256(ckpt)}:train:{subset}"
         if key not in cache:
             if emit:
                 emit({"event": "sharpness", "checkpoint": ckpt, "index": k, "total": len(todo)})
             cache[key] = float(SHARPNESS(ckpt, split="train", subset=subset, device=run.config.device, seed=0))
-            atomic_write_text(cache_path, json.dumps(cache, indent=1))
+            if distributed.is_main():
+                atomic_write_text(cache_path, json.dumps(cache, indent=1))
         out[i, j] = cache[key]
     return out
 

@@ -3,6 +3,9 @@
 Train sgd and swa from one initialization on MNIST-1D, then: the line between their
 solutions, random rays from both, the plane through the initialization and both
 solutions, and the PCA trajectory of SGD; finally one HTML report.
+
+Under torchrun every step is already distributed (DDP training, analyses with rank 0 as
+the only writer); the report is drawn by rank 0 alone.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from landscape import distributed
 from landscape.analyses import AnalysisOptions, interpolate, rays, surface, trajectory
 from landscape.plots import report
 from landscape.train import OptimizerResult, TrainConfig, train
@@ -55,5 +59,6 @@ def run_demo(
         start = time.perf_counter()
         path = step()
         summary.analyses.append((name, path, time.perf_counter() - start))
-    summary.report = report(out, report_path)
+    # One writer; every rank gets the path (or rank 0's error).
+    summary.report = distributed.on_main(lambda: report(out, report_path), share=lambda path: path)[1]
     return summary

@@ -13,7 +13,9 @@ Each process binds the GPU of its ``LOCAL_RANK``, so ``--device auto``/``cuda`` 
 "my GPU". The key-value store the processes rendezvoused through (the torchrun agent's
 TCP store) is kept: :class:`WorkQueue` hands out work from an atomic counter in it, which
 is what lets the analyses balance dynamically (a rank asks for the next chunk of points
-when it is free, so a slow point holds up only the rank computing it).
+when it is free, so a slow point holds up only the rank computing it). The sharpness
+analysis instead splits the data: each rank sums over its share of the batches and
+:func:`all_reduce_tensor` adds the shares up, so every rank holds the same numbers.
 
 Who does what: rank 0 alone touches files (result files, checkpoints, metrics); every
 rank computes. :func:`on_main` runs a step on rank 0 and hands its outcome (or its error)
@@ -171,6 +173,22 @@ def all_reduce_sum(values: list[float]) -> list[float]:
     if is_distributed():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()
+
+
+_OPS = {"sum": "SUM", "min": "MIN", "max": "MAX"}
+
+
+def all_reduce_tensor(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """``t`` reduced element-wise over ranks (``"sum"``, ``"min"`` or ``"max"``), as a new tensor.
+
+    Every rank gets the same bits (the collective computes the result once and hands it
+    out), which is what lets the ranks take the same decisions from it. CPU tensors travel
+    through gloo, CUDA tensors through nccl. Not distributed: a copy of ``t``.
+    """
+    out = t.detach().clone()
+    if is_distributed():
+        dist.all_reduce(out, op=getattr(dist.ReduceOp, _OPS[op]))
+    return out
 
 
 def shard(n: int) -> slice:

@@ -41,6 +41,12 @@ on cnn1d), which is why "auto" measures instead of following a table. Several ve
 looped inside the batch loop. No GPU was available: on CUDA the same measurement decides,
 and ``bench/sharpness.py --device cuda`` reports all three.
 
+Data parallel: an :class:`Objective` may hold only its process's share of the batches
+(``shard``) and sum every accumulated quantity over the processes through a caller-supplied
+``reduce`` (the sharpness analysis passes an all-reduce under torchrun); every process then
+gets the same numbers and runs the same iterations of the algorithms below. "auto" decides
+from the processes' mean timings, so all of them pick the same product.
+
 Algorithms (all take any symmetric operator ``matvec: (r, d) -> (r, d)``):
 
 * :func:`lanczos` top-k (and bottom-k) eigenvalues, full reorthogonalization (classical
@@ -91,34 +97,55 @@ class Objective:
     with the sample dimension first) at the flat parameter vector ``w``. It must be a pure
     function of ``w`` (differentiable with ``torch.func``). ``n`` is the total number of
     samples, the sum of the batch lengths.
+
+    Data parallel (several processes, e.g. under torchrun): every process passes the same
+    ``batches`` (views of data it holds anyway) with ``shard=(rank, world)`` and keeps
+    batches ``rank, rank + world, ...`` as :attr:`batches`; ``reduce(t)`` returns ``t``
+    summed over the processes (an all-reduce). Every sum over the data (values, gradients,
+    Hessian-vector products, per-sample statistics) is reduced before it is used, so every
+    process gets the same numbers, each batch is computed exactly as by one process, and the
+    algorithms below run the same iterations everywhere. ``n`` stays the global count. This
+    module knows nothing of torch.distributed: the caller supplies ``reduce``.
     """
 
-    def __init__(self, fn: PerSampleLoss, batches: Sequence[Batch], *, hvp_method: str = "auto"):
+    def __init__(self, fn: PerSampleLoss, batches: Sequence[Batch], *, hvp_method: str = "auto",
+                 reduce: Callable[[Tensor], Tensor] | None = None, shard: tuple[int, int] = (0, 1)):
         if hvp_method not in HVP_METHODS:
             raise ValueError(f"hvp_method must be one of {HVP_METHODS}, got {hvp_method!r}")
+        rank, world = shard
+        if not 0 <= rank < world:
+            raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard}")
         self.fn = fn
-        self.batches = [tuple(b) for b in batches]
-        if not self.batches:
+        self.all_batches = [tuple(b) for b in batches]
+        if not self.all_batches:
             raise ValueError("an objective needs at least one batch")
-        self.n = sum(len(b[0]) for b in self.batches)
+        self.reduce, self.shard = reduce, (rank, world)
+        self.batches = self.all_batches[rank::world]  # this process's share (all of them alone)
+        self.n = sum(len(b[0]) for b in self.all_batches)
         self.requested_method = hvp_method
         self._method: str | None = None if hvp_method == "auto" else hvp_method
         self.hvp_count = 0  # Hessian-vector products computed (one per vector, over all the data)
         self.grad_count = 0
         self.timings: dict[str, float] = {}  # seconds per batch product of each kind ("auto")
 
+    def reduce_sum(self, t: Tensor) -> Tensor:
+        """``t`` summed over the processes sharing the data (``t`` itself for one process)."""
+        return t if self.reduce is None else self.reduce(t)
+
     # ------------------------------------------------------------------ construction
 
     @classmethod
     def for_model(cls, model: nn.Module, params: dict[str, Tensor], constants: dict[str, Tensor],
                   x: Tensor, y: Tensor, *, batch_size: int, hvp_method: str = "auto",
-                  channels_last: bool = False) -> tuple["Objective", Tensor, "ParamSpace"]:
+                  channels_last: bool = False, reduce: Callable[[Tensor], Tensor] | None = None,
+                  shard: tuple[int, int] = (0, 1)) -> tuple["Objective", Tensor, "ParamSpace"]:
         """Mean cross-entropy of ``model`` over ``(x, y)`` as a function of its parameters.
 
         ``params``: the trainable tensors (their values give the returned point ``w``);
         ``constants``: every other state entry (BatchNorm running statistics, integer
         buffers), held fixed. The model runs in eval mode. Returns ``(objective, w, space)``
-        where ``space`` maps the flat ``w`` to named tensors and back.
+        where ``space`` maps the flat ``w`` to named tensors and back. ``reduce``/``shard``:
+        data parallel, as in the class docstring (every process passes the whole ``x, y``).
         """
         model = model.eval()
         space = ParamSpace({k: tuple(v.shape) for k, v in params.items()})
@@ -137,7 +164,7 @@ class Objective:
             if channels_last and xb.dim() == 4:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             batches.append((xb, y[start : start + batch_size]))
-        return cls(fn, batches, hvp_method=hvp_method), w, space
+        return cls(fn, batches, hvp_method=hvp_method, reduce=reduce, shard=shard), w, space
 
     # ------------------------------------------------------------------ values and gradients
 
@@ -150,7 +177,7 @@ class Objective:
         total = torch.zeros((), dtype=torch.float64, device=w.device)
         for batch in self.batches:
             total += self.fn(w, batch).double().sum()
-        return float(total) / self.n
+        return float(self.reduce_sum(total)) / self.n
 
     def value_and_grad(self, w: Tensor) -> tuple[float, Tensor]:
         """``(L(w), grad L(w))``; the gradient accumulated in float64, returned in ``w``'s dtype."""
@@ -162,6 +189,9 @@ class Objective:
             (gb,) = torch.autograd.grad(loss, wv)
             total += loss.detach().double()
             g += gb.double()
+        if self.reduce is not None:  # one all-reduce for both
+            both = self.reduce(torch.cat([total.reshape(1), g]))
+            total, g = both[0], both[1:]
         self.grad_count += 1
         return float(total) / self.n, (g / self.n).to(w.dtype)
 
@@ -178,47 +208,60 @@ class Objective:
         vs = v.unsqueeze(0) if single else v
         vs = vs.to(dtype=w.dtype, device=w.device)
         out = torch.zeros(vs.shape, dtype=torch.float64, device=w.device)
+        if self._method is None:
+            self._method = self._measure(w, vs[:1])
+        kernel = self._kernels()[self._method]
         for batch in self.batches:
-            out += self._hvp_batch(w, vs, batch)
+            out += kernel(w, vs, batch)
+        out = self.reduce_sum(out)
         self.hvp_count += len(vs)
         out = (out / self.n).to(w.dtype)
         return out[0] if single else out
-
-    def _hvp_batch(self, w: Tensor, vs: Tensor, batch: Batch) -> Tensor:
-        if self._method is None:
-            self._method = self._measure(w, vs[:1], batch)
-        return self._kernels()[self._method](w, vs, batch)
 
     def _kernels(self) -> dict[str, Callable[[Tensor, Tensor, Batch], Tensor]]:
         return {"grad-of-jvp": self._hvp_grad_of_jvp, "jvp-of-grad": self._hvp_jvp,
                 "double-backward": self._hvp_double_backward}
 
-    def _measure(self, w: Tensor, v: Tensor, batch: Batch) -> str:
-        """``"auto"``: time products of each kind on this (full-size) batch (two interleaved
-        rounds, best of each), keep the fastest.
+    def _measure(self, w: Tensor, v: Tensor) -> str:
+        """``"auto"``: time products of each kind on the first (full-size) batch (two
+        interleaved rounds, best of each), keep the fastest.
 
         Each kind is tried on two samples first; one that fails (an op without a forward-mode
-        formula) is left out. The timings stay in ``self.timings``.
+        formula) is left out. The timings stay in ``self.timings``. Data parallel: the choice
+        is made from the mean of the processes' timings (a kind that failed anywhere is out),
+        so every process picks the same kind.
         """
-        small = tuple(t[:2] for t in batch)
-        kernels = {}
-        for name, f in self._kernels().items():
-            try:
-                f(w, v, small)
-                kernels[name] = f
-            except (RuntimeError, NotImplementedError):
-                self.timings[name] = math.inf
-        if len(kernels) == 1:
-            return next(iter(kernels))
-        best = {name: math.inf for name in kernels}
-        for _ in range(2):  # two interleaved rounds, best of each: robust to a drifting load
-            for name, f in kernels.items():
-                _sync(w.device)
-                t0 = time.perf_counter()
-                f(w, v, batch)
-                _sync(w.device)
-                best[name] = min(best[name], time.perf_counter() - t0)
-        self.timings.update(best)
+        names = list(self._kernels())
+        # A process without batches has nothing to time: it adds 0 and is not counted.
+        best = {name: math.inf if self.batches else 0.0 for name in names}
+        untimed = None  # the only kind that works here: nothing to compare
+        if self.batches:
+            batch = self.batches[0]
+            small = tuple(t[:2] for t in batch)
+            kernels = {}
+            for name, f in self._kernels().items():
+                try:
+                    f(w, v, small)
+                    kernels[name] = f
+                except (RuntimeError, NotImplementedError):
+                    pass
+            if len(kernels) == 1:
+                untimed = next(iter(kernels))
+                best[untimed] = 0.0
+            else:
+                for _ in range(2):  # two interleaved rounds, best of each: robust to a drifting load
+                    for name, f in kernels.items():
+                        _sync(w.device)
+                        t0 = time.perf_counter()
+                        f(w, v, batch)
+                        _sync(w.device)
+                        best[name] = min(best[name], time.perf_counter() - t0)
+        if self.reduce is not None:
+            # The same choice on every process: mean over the processes that measured.
+            local = torch.tensor([best[n] for n in names] + [float(bool(self.batches))], dtype=torch.float64)
+            total = self.reduce(local).tolist()
+            best = {n: t / total[-1] for n, t in zip(names, total[:-1])}
+        self.timings.update({n: t for n, t in best.items() if n != untimed})
         return min(best, key=best.__getitem__)
 
     def _hvp_jvp(self, w: Tensor, vs: Tensor, batch: Batch) -> Tensor:
@@ -250,11 +293,20 @@ class Objective:
     # ------------------------------------------------------------------ per-sample quantities
 
     def samples(self, indices: Tensor | None = None, chunk: int = 64) -> Iterator[tuple[Tensor, Batch]]:
-        """Chunks ``(global indices, batch)`` of the samples (all, or those in ``indices``)."""
-        offsets = np.cumsum([0] + [len(b[0]) for b in self.batches])
+        """Chunks ``(global indices, batch)`` of this process's samples (all, or those in ``indices``)."""
+        for idx, batch, mine in self.chunks(indices, chunk):
+            if mine:
+                yield idx, batch
+
+    def chunks(self, indices: Tensor | None = None, chunk: int = 64) -> Iterator[tuple[Tensor, Batch, bool]]:
+        """``(global indices, batch, mine)``: the chunks of *every* process's samples (all, or
+        those in ``indices``), in the same order on every process; ``mine``: this process
+        computes it. One process: ``mine`` is always True."""
+        offsets = np.cumsum([0] + [len(b[0]) for b in self.all_batches])
+        rank, world = self.shard
         wanted = None if indices is None else np.sort(np.asarray(indices.cpu() if isinstance(indices, Tensor)
                                                                    else indices, dtype=np.int64))
-        for bi, batch in enumerate(self.batches):
+        for bi, batch in enumerate(self.all_batches):
             lo, hi = int(offsets[bi]), int(offsets[bi + 1])
             if wanted is None:
                 local = np.arange(hi - lo)
@@ -267,7 +319,7 @@ class Objective:
                 else:
                     idx = torch.as_tensor(part, device=batch[0].device)
                     sub = tuple(t[idx] for t in batch)
-                yield torch.as_tensor(part + lo), sub
+                yield torch.as_tensor(part + lo), sub, bi % world == rank
 
     def per_sample_grads(self, w: Tensor, batch: Batch) -> Tensor:
         """``(b, d)`` gradients of the individual losses of ``batch`` (``torch.func.vmap``)."""
@@ -763,7 +815,8 @@ class GradientNoise:
 
 
 def gradient_noise(objective: Objective, w: Tensor, *, chunk: int = 64) -> GradientNoise:
-    """Mean gradient and ``tr(Sigma)`` from per-sample gradients (vmap), chunk by chunk."""
+    """Mean gradient and ``tr(Sigma)`` from per-sample gradients (vmap), chunk by chunk
+    (data parallel: each process its own samples, the sums reduced)."""
     d = w.numel()
     g = torch.zeros(d, dtype=torch.float64, device=w.device)
     sq = torch.zeros((), dtype=torch.float64, device=w.device)
@@ -774,6 +827,9 @@ def gradient_noise(objective: Objective, w: Tensor, *, chunk: int = 64) -> Gradi
         sq += (gs * gs).sum()
         with torch.no_grad():
             loss += objective.fn(w.detach(), batch).double().sum()
+    if objective.reduce is not None:
+        sums = objective.reduce(torch.cat([g, sq.reshape(1), loss.reshape(1)]))
+        g, sq, loss = sums[:d], sums[d], sums[d + 1]
     n = objective.n
     g /= n
     trace = float(sq / n - g @ g)
@@ -801,6 +857,10 @@ def trace_h_sigma(objective: Objective, w: Tensor, noise: GradientNoise, *, samp
     gradients by vmap, ``H c_i`` by HVPs over the whole objective). Unbiased for
     ``(1/n) sum_i c_i^T H c_i = tr(H Sigma)``; standard error ``sd(q_i)/sqrt(m) *
     sqrt(1 - m/n)`` (sampling without replacement), 0 when ``m = n``.
+
+    Data parallel: the process holding a chunk of samples computes its ``c_i`` and the
+    reduction hands them to every process (the others add zeros), since ``H c_i`` needs all
+    the data; ``generator`` must be seeded alike everywhere (it picks the samples).
     """
     n = objective.n
     generator = generator or torch.Generator().manual_seed(0)
@@ -808,8 +868,12 @@ def trace_h_sigma(objective: Objective, w: Tensor, noise: GradientNoise, *, samp
     idx = None if m == n else torch.randperm(n, generator=generator)[:m]
     gbar = noise.grad.to(w.dtype)
     q: list[float] = []
-    for _, batch in objective.samples(idx, chunk=chunk):
-        c = objective.per_sample_grads(w, batch) - gbar
+    for _, batch, mine in objective.chunks(idx, chunk=chunk):
+        if mine:
+            c = objective.per_sample_grads(w, batch) - gbar
+        else:
+            c = torch.zeros((len(batch[0]), w.numel()), dtype=w.dtype, device=w.device)
+        c = objective.reduce_sum(c)  # the holder's rows on every process (exact: x + 0 = x)
         for s in range(0, len(c), block):
             cb = c[s : s + block]
             hc = objective.hvp(w, cb)
@@ -865,15 +929,16 @@ def sgd_stability(objective: Objective, w: Tensor, lr: float, batch_size: int, t
     forward-over-reverse products under vmap, so ``= mean_i H_i u_i - H_S ubar``), on ``m``
     uniformly drawn samples (all when ``samples`` is None or >= n; a subsample estimate is
     PSD and consistent but biased upwards in lambda_max). ``H`` in the first term is the
-    full objective's. lambda_max by Lanczos (tolerance ``tol``).
+    full objective's. lambda_max by Lanczos (tolerance ``tol``). Data parallel: each process
+    sums the per-sample products of its own samples; the sums are reduced.
     """
     n = objective.n
     generator = generator or torch.Generator().manual_seed(1)
     m = n if samples is None or samples >= n else int(samples)
     idx = None if m == n else torch.randperm(n, generator=generator)[:m]
-    sub_batches = [b for _, b in objective.samples(idx, chunk=max(chunk, 1))]
-    sub = Objective(objective.fn, [b for _, b in objective.samples(idx, chunk=4096)],
-                    hvp_method=objective.method)
+    sub_batches = [b for _, b in objective.samples(idx, chunk=max(chunk, 1))]  # this process's
+    sub = Objective(objective.fn, [b for _, b, _ in objective.chunks(idx, chunk=4096)],
+                    hvp_method=objective.method, reduce=objective.reduce, shard=objective.shard)
     factor = lr**2 * (train_size - batch_size) / (batch_size * (train_size - 1)) if train_size > 1 else 0.0
     count = {"mv": 0}
 
@@ -886,6 +951,9 @@ def sgd_stability(objective: Objective, w: Tensor, lr: float, batch_size: int, t
                 u, hu = objective.per_sample_hessian_pass(w, row, b)
                 su += u
                 shu += hu
+            if objective.reduce is not None:
+                both = objective.reduce(torch.cat([su, shu]))
+                su, shu = both[: len(su)], both[len(su) :]
             ubar = (su / m).to(w.dtype)
             out.append((shu / m - sub.hvp(w, ubar).double()).to(w.dtype))
         return torch.stack(out)

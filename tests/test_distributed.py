@@ -139,6 +139,97 @@ def test_one_rank_partial_finished_by_two_ranks(ckpt, one_shot, tmp_path):
     assert_same_result(one_shot, out)
 
 
+# ----------------------------------------------------------------------------- sharpness
+
+# Data-parallel HVPs: 200 samples in 4 HVP batches (64, 64, 64, 8), two per rank. The HVP
+# kind is pinned because "auto" may time differently from one run to the next.
+SHARP = {"subset": 200, "batch_size": 64, "top_k": 3, "lanczos_steps": 10, "trace_probes": 6, "hvp": "double-backward"}
+SHARP_ARGS = [f"--{k.replace('_', '-')}={v}" for k, v in SHARP.items()] + ["--trace", "--no-sam"]
+NOISE_ARGS = ["--noise", "--noise-samples=4", "--stability-samples=4"]
+
+
+@pytest.fixture(scope="module")
+def sharp_one(ckpt, tmp_path_factory) -> Path:
+    """The sharpness of one process, through the library."""
+    from landscape.analyses.sharpness import SharpnessOptions, sharpness
+
+    sopts = SharpnessOptions(top_k=SHARP["top_k"], lanczos_steps=SHARP["lanczos_steps"], trace=True,
+                             trace_probes=SHARP["trace_probes"], noise=True, noise_samples=4, stability_samples=4,
+                             sam=False, hvp=SHARP["hvp"])
+    opts = AnalysisOptions(splits=("train",), subset=SHARP["subset"], batch_size=SHARP["batch_size"], device="cpu")
+    with one_thread():
+        return sharpness(ckpt, tmp_path_factory.mktemp("sharp") / "sharpness.h5", sopts, opts)
+
+
+def assert_same_sharpness(a: Path, b: Path, names: tuple[str, ...]) -> None:
+    ra, rb = load_result(a), load_result(b)
+    for name in names:
+        np.testing.assert_allclose(rb.extra[name], ra.extra[name], rtol=1e-6, atol=0, err_msg=name)
+    np.testing.assert_allclose(rb.metrics["train"]["loss"], ra.metrics["train"]["loss"], rtol=1e-6)
+
+
+def test_data_parallel_sharpness_equals_single_process(ckpt, sharp_one, tmp_path):
+    out = tmp_path / "sharpness.h5"
+    ok(torchrun("sharpness", str(ckpt), "-o", str(out), *SHARP_ARGS, *NOISE_ARGS, *DATA[-2:], "--json"))
+    assert out.exists() and not Path(f"{out}.partial").exists()
+    assert sorted(load_result(out).extra) == sorted(load_result(sharp_one).extra)  # the same file layout
+    assert_same_sharpness(sharp_one, out, ("eigenvalues", "trace", "trace_stderr", "grad_norm", "noise/trace_sigma",
+                                           "noise/trace_h_sigma", "stability/sgd_lambda_max"))
+    info = json.loads(load_result(out).extra["info"])
+    assert info["samples"] == SHARP["subset"] and info["hvp_method"] == SHARP["hvp"]
+
+
+def test_killed_data_parallel_sharpness_resumes_from_its_stages(ckpt, sharp_one, tmp_path):
+    import h5py
+
+    out = tmp_path / "sharpness.h5"
+    partial = Path(f"{out}.partial")
+    args = ("sharpness", str(ckpt), "-o", str(out), *SHARP_ARGS, *DATA[-2:])
+    # Rank 0 SIGKILLs itself once the point and the eigenvalues are stored (2 stages).
+    assert torchrun(*args, env={"LANDSCAPE_TEST_STOP_AFTER": "2"}).returncode != 0
+    assert partial.exists() and not out.exists()
+    stored = load_result(partial).extra
+    assert "eigenvalues" in stored and "trace" not in stored
+    # Mark the stored eigenvalues: a resumed run keeps them (rank 0 hands what it read to
+    # rank 1, which would otherwise run a Lanczos of its own, out of step with rank 0).
+    with h5py.File(partial, "r+") as h5:
+        h5["eigenvalues"][...] = h5["eigenvalues"][...] * 2
+    ok(torchrun(*args))
+    assert out.exists() and not partial.exists()
+    done = load_result(out)
+    np.testing.assert_array_equal(done.extra["eigenvalues"], stored["eigenvalues"] * 2)
+    assert_same_sharpness(sharp_one, out, ("trace", "trace_stderr", "grad_norm"))  # (no --noise here)
+
+
+def json_objects(text: str) -> list:
+    """The JSON documents printed one after another (one per rank)."""
+    decoder, out, i = json.JSONDecoder(), [], 0
+    while text[i:].strip():
+        i = len(text) - len(text[i:].lstrip())
+        obj, i = decoder.raw_decode(text, i)
+        out.append(obj)
+    return out
+
+
+def test_compare_under_torchrun_keeps_ranks_in_step(tmp_path):
+    """Training (DDP) and the sharpness column (data-parallel) on both ranks, files by rank 0."""
+    out = tmp_path / "cmp"
+    result = torchrun("compare", "--optimizer", "sgd", "--seeds", "2", "--epochs", "1", "--batch-size", "64", *DATA,
+                      "--sharpness", "--sharpness-subset", "64", "--out", str(out), "--json")
+    ok(result)
+    printed = json_objects(result.stdout)
+    assert len(printed) == 2 and printed[0] == printed[1]  # one plan, the same numbers everywhere
+    assert sorted(p.name for p in out.iterdir()) == ["compare.csv", "compare.h5", "compare.json", "seed_0", "seed_1",
+                                                     "sharpness.json"]
+    assert not any(p.name.endswith((".tmp", ".partial")) for p in out.rglob("*"))
+    (row,) = printed[0]["rows"]
+    cached = sorted(json.loads((out / "sharpness.json").read_text()).values())
+    assert sorted(row["sharpness"]["per_seed"]) == cached and all(np.isfinite(cached))
+    for seed, acc in zip((0, 1), row["test_acc"]["per_seed"]):
+        last = json.loads((out / f"seed_{seed}" / "sgd" / "metrics.jsonl").read_text().splitlines()[-1])
+        assert last["test_acc"] == acc
+
+
 def flat_state(path: Path) -> np.ndarray:
     state = load_checkpoint(path).state_dict
     return np.concatenate([state[k].double().flatten().numpy() for k in sorted(state)])
@@ -189,6 +280,8 @@ def test_nothing_happens_without_torchrun(monkeypatch):
     assert distributed.shard(10) == slice(0, 10)
     assert distributed.on_main(lambda: 7, share=lambda v: v + 1) == (7, 8)
     assert distributed.all_reduce_sum([1.5, 2.0]) == [1.5, 2.0]
+    t = torch.tensor([1.5, 2.0])
+    assert torch.equal(distributed.all_reduce_tensor(t, op="min"), t) and distributed.all_reduce_tensor(t) is not t
     model = torch.nn.Linear(2, 2)
     assert distributed.wrap_ddp(model) is model
     monkeypatch.setenv("WORLD_SIZE", "1")

@@ -266,3 +266,91 @@ def test_auto_measures_and_keeps_the_faster_product():
     assert obj.method in ("grad-of-jvp", "jvp-of-grad", "double-backward")
     assert set(obj.timings) == {"grad-of-jvp", "jvp-of-grad", "double-backward"}
     assert obj.method == min(obj.timings, key=obj.timings.get)
+
+
+# ============================================================================ data parallel
+
+
+class ThreadGroup:
+    """``world`` threads standing in for torchrun ranks: ``reducer(rank)`` is an all-reduce
+    (sum in rank order, so every thread gets the same bits, as a real collective gives).
+
+    torch.func's forward-AD levels are process-global, so the threads take turns: each holds
+    ``turn`` while it computes and lets go only inside a reduction."""
+
+    def __init__(self, world: int):
+        import threading
+
+        self.slots: list[torch.Tensor | None] = [None] * world
+        self.barrier = threading.Barrier(world, timeout=60)
+        self.turn = threading.Lock()
+
+    def reducer(self, rank: int):
+        def reduce(t: torch.Tensor) -> torch.Tensor:
+            self.slots[rank] = t.detach().clone()
+            self.turn.release()
+            try:
+                self.barrier.wait()
+                out = self.slots[0].clone()
+                for other in self.slots[1:]:
+                    out += other
+                self.barrier.wait()  # everyone has read before anyone writes again
+            finally:
+                self.turn.acquire()
+            return out
+
+        return reduce
+
+
+def everything(obj: Objective, w: torch.Tensor) -> dict:
+    """Every objective-level quantity the sharpness analysis uses, in its order."""
+    v = torch.randn(2, len(w), generator=torch.Generator().manual_seed(3), dtype=DTYPE)
+    value, g = obj.value_and_grad(w)
+    noise = gradient_noise(obj, w, chunk=5)
+    ths = trace_h_sigma(obj, w, noise, samples=9, generator=torch.Generator().manual_seed(4), chunk=4)
+    sgd = sgd_stability(obj, w, 0.5, 4, 30, samples=11, tol=1e-9, max_steps=12, chunk=3)
+    return {"value": value, "loss": obj.value(w), "grad": g, "hvp": obj.hvp(w, v),
+            "top": lanczos(obj.operator(w), 2, tol=1e-10, max_steps=20).eigenvalues,
+            "trace_sigma": noise.trace_sigma, "trace_h_sigma": ths.value, "per_sample": ths.per_sample,
+            "sgd": sgd.lambda_max_a, "s": sgd.nonuniformity, "method": obj.method}
+
+
+@pytest.mark.parametrize("world", [2, 6])  # 6 ranks for 5 batches: the last one holds none
+def test_data_parallel_objective_equals_one_process(world):
+    """Each "rank" holds every world-th batch and reduces its sums: the same numbers as one
+    process (float64 summation order aside), the same "auto" choice, no rank left waiting."""
+    import threading
+
+    model, obj, w, space, x, y = tiny_problem(n=30)
+    one = everything(obj, w)
+    group = ThreadGroup(world)
+    got: list[dict | BaseException] = [None] * world
+
+    def rank(r: int) -> None:
+        group.turn.acquire()
+        try:
+            mine, _, _ = Objective.for_model(model, space.unflatten(w), {}, x, y, batch_size=7,
+                                             reduce=group.reducer(r), shard=(r, world))
+            assert mine.n == 30 and len(mine.batches) == len(range(r, 5, world))
+            got[r] = everything(mine, w)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            got[r] = exc
+            group.barrier.abort()
+        finally:
+            group.turn.release()
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(world)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    errors = [e for e in got if isinstance(e, BaseException)]
+    if errors:  # the first real one, not the others' broken barrier
+        raise next((e for e in errors if not isinstance(e, threading.BrokenBarrierError)), errors[0])
+    for r, res in enumerate(got):
+        assert res["method"] == got[0]["method"]
+        for key, value in one.items():
+            if key == "method":
+                continue
+            np.testing.assert_allclose(np.asarray(res[key]), np.asarray(value), rtol=1e-10, atol=1e-12,
+                                       err_msg=f"rank {r}: {key}")

@@ -25,13 +25,22 @@ HDF5 (DESIGN.md): root ``eigenvalues`` (descending), ``trace`` (+ ``trace_stderr
 ``<split>/accuracy`` at the point; every other quantity under the names listed in
 :data:`DATASETS`. A killed run resumes: finished stages are kept in the ``.partial``
 (per alpha with ``along``).
+
+Under torchrun the data is shared out, not the work: each rank holds every ``world``-th
+HVP batch, and every sum the objective accumulates (loss, gradient, Hessian-vector
+products, per-sample statistics) is all-reduced in float64, so every rank runs the same
+Lanczos/Hutchinson/SLQ iterations on the same numbers (seeded probes, "auto" HVP choice
+from the ranks' mean timings). Rank 0 alone opens the file; the other ranks get what it
+read (finished stages, pending points) by broadcast, in the same order on every rank.
+The file equals a one-process run's up to float64 summation order.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +48,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from landscape import distributed
+from landscape.analyses import common
 from landscape.analyses.common import AnalysisOptions, load_checkpoints, make_engine, vector
 from landscape.checkpoint import Checkpoint, file_sha256
 from landscape.engine import Engine
@@ -239,8 +250,11 @@ def _objective_at(engine: Engine, point: torch.Tensor, split: str, sopts: Sharpn
     params = {n: state[n].detach().float().contiguous() for n in names}
     constants = {k: v for k, v in state.items() if k not in params}
     data = engine.split_data(split)
+    # Under torchrun: this rank's share of the batches, every sum all-reduced.
+    reduce = distributed.all_reduce_tensor if distributed.is_distributed() else None
     obj, w, space = Objective.for_model(model, params, constants, data.x, data.y, batch_size=batch,
-                                        hvp_method=hvp or sopts.hvp)
+                                        hvp_method=hvp or sopts.hvp, reduce=reduce,
+                                        shard=(distributed.rank(), distributed.world_size()))
     return _Point(obj, w, names, space.shapes)
 
 
@@ -350,13 +364,30 @@ def _generator(seed: int, stage: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed) * 1_000_003 + stage)
 
 
+def _from_main(read: Callable[[], Any]) -> Any:
+    """``read()`` of rank 0, the file's only reader, on every rank (every rank calls this,
+    in the same order; an error on rank 0 is raised everywhere)."""
+    return distributed.on_main(read, share=lambda value: value)[1]
+
+
 def _stored(writer: ResultWriter, name: str) -> Any:
     """A dataset already in the ``.partial`` being continued (None if absent)."""
-    h5 = getattr(writer, "_h5", None)
-    if h5 is None or name not in h5:
-        return None
-    ds = h5[name]
-    return ds[()]
+
+    def read() -> Any:
+        h5 = getattr(writer, "_h5", None)
+        if h5 is None or name not in h5:
+            return None
+        return h5[name][()]
+
+    return _from_main(read)
+
+
+class _Follower(common._Follower):
+    """What ranks other than 0 hold under torchrun: the grid, no file; rank 0 writes the
+    numbers every rank computed, so writing here is a no-op."""
+
+    def write(self, *args: Any, **kwargs: Any) -> None:
+        pass
 
 
 def _open(out: str | Path, ckpts: list[Checkpoint], opts: AnalysisOptions, sopts: SharpnessOptions,
@@ -365,8 +396,20 @@ def _open(out: str | Path, ckpts: list[Checkpoint], opts: AnalysisOptions, sopts
                        dataset_spec=ckpts[0].data, subset=opts.subset, bn_mode=opts.bn, seed=opts.seed)
     attrs.update(sopts.identity())
     attrs.update({k: v for k, v in extra.items() if v is not None})
-    return ResultWriter.create_or_resume(out, analysis="sharpness", attrs=attrs, coords=coords, dims=dims,
-                                         splits=list(opts.splits), metrics=metrics, overwrite=opts.overwrite)
+
+    def create(cls: type[ResultWriter] = ResultWriter) -> ResultWriter:
+        return cls.create_or_resume(out, analysis="sharpness", attrs=attrs, coords=coords, dims=dims,
+                                    splits=list(opts.splits), metrics=metrics, overwrite=opts.overwrite)
+
+    if not distributed.is_distributed():
+        return create()
+    # Rank 0 alone opens the file (one writer); its finish() releases the others.
+    writer, complete = distributed.on_main(lambda: create(common._MainWriter), share=lambda w: w.complete)
+    if writer is not None:
+        return writer
+    follower = _Follower(Path(out), "sharpness", coords, dims, list(opts.splits), complete)
+    follower.metrics = list(metrics)
+    return follower  # type: ignore[return-value]
 
 
 def _settings(ckpt: Checkpoint, sopts: SharpnessOptions, engine: Engine) -> dict[str, Any]:
@@ -390,6 +433,9 @@ def sharpness(checkpoint: str | Path | None, out: str | Path, sopts: SharpnessOp
     sopts = sopts or SharpnessOptions()
     opts = opts or AnalysisOptions(splits=("train",))
     sopts.validate()
+    distributed.init()  # under torchrun: every rank computes, rank 0 writes
+    if not distributed.is_main():
+        opts = replace(opts, progress=None)  # one progress bar: rank 0's
     if len(opts.splits) != 1:
         raise UserError(f"--split {','.join(opts.splits)}: sharpness measures the Hessian of one split's loss; "
                         "give --split train or --split test")
@@ -406,6 +452,9 @@ def _prepare(ckpts: list[Checkpoint], opts: AnalysisOptions, sopts: SharpnessOpt
     model = build_model(engine.model_spec["name"], **engine.model_spec["kwargs"]).to(engine.device).eval()
     data = engine.split_data(split)
     batch = sopts.hvp_batch or hvp_batch_size(model, data.x, opts.batch_size, engine.device)
+    if distributed.is_distributed():
+        # The same batches on every rank: the memory cap may differ between GPUs.
+        batch = int(distributed.all_reduce_tensor(torch.tensor([batch]), op="min"))
     return engine, split, model, batch
 
 
@@ -436,10 +485,12 @@ def _single_stages(writer: ResultWriter, engine: Engine, ckpt: Checkpoint, split
     def progress() -> None:
         if opts.progress:
             opts.progress(done, total)
+        if distributed.is_main():
+            common._test_stop(done)  # tests: a kill after `done` stages are stored
 
     progress()
     point = vector(engine, ckpt)
-    if len(writer.pending()):
+    if len(writer.pending()):  # rank 0 only: another rank's stand-in has nothing pending
         writer.write(np.array([0]), engine.evaluate(point))
     done += 1
     progress()
@@ -664,7 +715,7 @@ def _along_points(writer: ResultWriter, engine: Engine, ckpts: list[Checkpoint],
     eigs = _stored(writer, "eigenvalues")
     eigs = np.full((len(alphas), k), np.nan) if eigs is None else np.array(eigs, dtype=np.float64)
     va, vb = vector(engine, ckpts[0]), vector(engine, ckpts[1])
-    pending = writer.pending()
+    pending = _from_main(writer.pending)  # every rank computes every pending point together
     measured: str | None = None
     total = len(alphas)
     if opts.progress:
@@ -672,13 +723,15 @@ def _along_points(writer: ResultWriter, engine: Engine, ckpts: list[Checkpoint],
     for n_done, idx in enumerate(pending, start=1):
         a = float(alphas[idx])
         point = (1 - a) * va + a * vb
-        ev = engine.evaluate(point)
+        row: dict[str, float] = {}
+        if distributed.is_main():  # the one that writes
+            ev = engine.evaluate(point)
+            row.update(loss=float(ev[split]["loss"][0]), accuracy=float(ev[split]["accuracy"][0]))
         p = _objective_at(engine, point, split, sopts, batch, model, measured)
         obj, w = p.objective, p.w
         op = obj.operator(w)
         loss0, g0 = obj.value_and_grad(w)
-        row: dict[str, float] = {"loss": float(ev[split]["loss"][0]), "accuracy": float(ev[split]["accuracy"][0]),
-                                 "grad_norm": float(g0.double().norm())}
+        row["grad_norm"] = float(g0.double().norm())
         res = lanczos(op, k, smallest=sopts.smallest, max_steps=sopts.lanczos_steps, tol=sopts.tol,
                       generator=_generator(opts.seed, 1))
         eigs[idx] = res.eigenvalues
