@@ -1,8 +1,9 @@
 """The whole chain on the embedded default, small enough to run in a couple of minutes on 2 cores.
 
 Train sgd and swa from one initialization on MNIST-1D, then: the line between their
-solutions, random rays from both, the plane through the initialization and both
-solutions, and the PCA trajectory of SGD; finally one HTML report.
+solutions, random rays from both, the plane through SWA's last iterate, the SGD solution
+and the SWA average (the SWA paper's Fig. 1, right), and the PCA trajectory of SGD from its
+initialization with the loss on the PCA plane; finally one HTML report.
 
 Under torchrun every step is already distributed (DDP training, analyses with rank 0 as
 the only writer); the report is drawn by rank 0 alone.
@@ -50,7 +51,7 @@ def run_demo(
     steps: list[tuple[str, Callable[[], Path]]] = [
         ("interpolate", lambda: interpolate(sgd, swa, out / "interpolate.h5", np.linspace(-0.5, 1.5, 41), opts)),
         ("rays", lambda: rays([sgd, swa], out / "rays.h5", np.linspace(0, 1, 11), n_rays=5, opts=opts)),
-        ("surface", lambda: surface(out / "sgd" / "checkpoints" / "epoch_0000.pt", out / "surface.h5",
+        ("surface", lambda: surface(out / "swa" / "final.pt", out / "surface.h5",
                                     through=(sgd, swa), grid_points=15, opts=opts)),
         ("trajectory", lambda: trajectory(out / "sgd", out / "sgd" / "trajectory.h5", with_surface=True,
                                           grid_points=11, opts=opts)),

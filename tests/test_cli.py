@@ -120,3 +120,27 @@ def test_bad_analysis_input(small_run, args, fragment):
     result = landscape(*[a.format(run=small_run) for a in args], "--device", "cpu") if args[0] not in (
         "plot", "report") else landscape(*[a.format(run=small_run) for a in args])
     assert_one_line_error(result, fragment)
+
+
+def test_demo_end_to_end(tmp_path):
+    import h5py
+    import numpy as np
+
+    out, report = tmp_path / "demo", tmp_path / "report.html"
+    result = landscape("demo", "--epochs", "3", "--device", "cpu", "--out", str(out), "--report", str(report))
+    assert result.returncode == 0, result.stderr
+    assert str(report) in result.stdout.replace("\n", "")
+    page = report.read_text()
+    for name in ("interpolate.h5", "rays.h5", "surface.h5", "trajectory.h5"):
+        assert name in page
+    # The line's endpoints are the trained models: alpha = 0 and 1 hold the test loss the
+    # trainer measured for sgd's last iterate and swa's average (cnn1d has no BatchNorm).
+    sgd = json.loads((out / "sgd" / "metrics.jsonl").read_text().splitlines()[-1])
+    swa = json.loads((out / "swa" / "metrics.jsonl").read_text().splitlines()[-1])
+    with h5py.File(out / "interpolate.h5") as f:
+        alpha, loss = f["alpha"][()], f["test/loss"][()]
+        assert f["done"][()].all()
+    assert np.isclose(loss[np.isclose(alpha, 0)][0], sgd["test_loss"], rtol=1e-6)
+    assert np.isclose(loss[np.isclose(alpha, 1)][0], swa["averaged_test_loss"], rtol=1e-6)
+    with h5py.File(out / "surface.h5") as f:
+        assert f.attrs["analysis"] == "surface" and f["done"][()].all() and len(f["models/coords"]) == 3
