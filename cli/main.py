@@ -182,19 +182,20 @@ Seed = Annotated[int, typer.Option(help="Seed of random directions and of --subs
 DataDir = Annotated[Optional[Path], typer.Option(help="Where torchvision datasets live (not needed for mnist1d)")]
 Force = Annotated[bool, typer.Option("--force", help="Replace an existing result made by a different command")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print a JSON summary instead of a table")]
+BF16 = Annotated[bool, typer.Option("--bf16", help="Forward passes under bfloat16 autocast: ~2x on CPUs with bf16 units and on GPUs, but other numbers (recorded in the file)")]
 Out = Annotated[Optional[Path], typer.Option("--out", "-o", help="Result file (.h5)")]
 Norm = Annotated[str, typer.Option(help="Direction normalization: filter (Li et al.), layer or none (unit-norm, Euclidean)")]
 Ignore = Annotated[str, typer.Option(help="biasbn: leave biases and BatchNorm parameters unperturbed; none: perturb them too")]
 
 
 def analysis_options(split: str, subset, bn: str, device: str, batch_size: int, seed: int, data_dir, force: bool,
-                     progress=None):
+                     progress=None, bf16: bool = False):
     from landscape.analyses import AnalysisOptions
 
     return AnalysisOptions(splits=tuple(s.strip() for s in split.split(",") if s.strip()), subset=subset, bn=bn,
                            device=device, batch_size=batch_size, seed=seed,
                            data_dir=str(data_dir) if data_dir else None, command=" ".join(["landscape", *sys.argv[1:]]),
-                           overwrite=force, progress=progress)
+                           overwrite=force, progress=progress, bf16=bf16)
 
 
 class PointProgress:
@@ -273,7 +274,7 @@ def interpolate(
     range_: Annotated[str, typer.Option("--range", help="alpha range LO:HI")] = "-0.5:1.5",
     points: Annotated[int, typer.Option(help="Number of alphas")] = 41,
     split: Split = "train,test", subset: Subset = None, bn: BN = "recompute", device: Device = "auto",
-    batch_size: BatchSize = 2048, seed: Seed = 0, data_dir: DataDir = None, force: Force = False,
+    batch_size: BatchSize = 2048, seed: Seed = 0, bf16: BF16 = False, data_dir: DataDir = None, force: Force = False,
     as_json: AsJson = False,
 ) -> None:
     """Loss and accuracy along (1-a)A + aB (SWA Fig. 5)."""
@@ -282,7 +283,7 @@ def interpolate(
     alphas = parse_range(f"{range_}:{points}" if range_.count(":") == 1 else range_, "--range")
     run_analysis("interpolate", as_json, lambda o: run(a, b, out or Path("interpolate.h5"), alphas, o),
                  split=split, subset=subset, bn=bn, device=device, batch_size=batch_size, seed=seed,
-                 data_dir=data_dir, force=force)
+                 data_dir=data_dir, force=force, bf16=bf16)
 
 
 @app.command(epilog=(
@@ -296,7 +297,7 @@ def rays(
     distance: Annotated[str, typer.Option(help="Distances along each ray LO:HI:N")] = "0:1:21",
     norm: Norm = "filter", ignore: Ignore = "biasbn",
     split: Split = "train,test", subset: Subset = None, bn: BN = "recompute", device: Device = "auto",
-    batch_size: BatchSize = 2048, seed: Seed = 0, data_dir: DataDir = None, force: Force = False,
+    batch_size: BatchSize = 2048, seed: Seed = 0, bf16: BF16 = False, data_dir: DataDir = None, force: Force = False,
     as_json: AsJson = False,
 ) -> None:
     """Loss along random rays from each checkpoint (SWA Fig. 4)."""
@@ -306,7 +307,7 @@ def rays(
     run_analysis("rays", as_json,
                  lambda o: run(checkpoints, out or Path("rays.h5"), distances, n_rays, norm, ignore, o),
                  split=split, subset=subset, bn=bn, device=device, batch_size=batch_size, seed=seed,
-                 data_dir=data_dir, force=force)
+                 data_dir=data_dir, force=force, bf16=bf16)
 
 
 @app.command(epilog=(
@@ -322,7 +323,7 @@ def surface(
     grid: Annotated[int, typer.Option(help="Points per axis when --x/--y are not given")] = 21,
     norm: Norm = "filter", ignore: Ignore = "biasbn",
     split: Split = "train,test", subset: Subset = None, bn: BN = "recompute", device: Device = "auto",
-    batch_size: BatchSize = 2048, seed: Seed = 0, data_dir: DataDir = None, force: Force = False,
+    batch_size: BatchSize = 2048, seed: Seed = 0, bf16: BF16 = False, data_dir: DataDir = None, force: Force = False,
     as_json: AsJson = False,
 ) -> None:
     """Loss on a 2-D plane: random filter-normalized directions, or through three models."""
@@ -334,7 +335,7 @@ def surface(
                  lambda o: run(checkpoint, out or Path("surface.h5"), xs, ys, tuple(through) if through else None,
                                norm, ignore, grid, o),
                  split=split, subset=subset, bn=bn, device=device, batch_size=batch_size, seed=seed,
-                 data_dir=data_dir, force=force)
+                 data_dir=data_dir, force=force, bf16=bf16)
 
 
 @app.command(epilog="Example:\n\n  landscape segments runs/x/sgd --epochs 1,5,10,15,20")
@@ -344,7 +345,7 @@ def segments(
     epochs: Annotated[Optional[str], typer.Option(help="Anchor epochs, e.g. 1,20,40,60,80 (default: 5 evenly spaced)")] = None,
     points: Annotated[int, typer.Option(help="Points per segment")] = 21,
     split: Split = "train,test", subset: Subset = None, bn: BN = "recompute", device: Device = "auto",
-    batch_size: BatchSize = 2048, seed: Seed = 0, data_dir: DataDir = None, force: Force = False,
+    batch_size: BatchSize = 2048, seed: Seed = 0, bf16: BF16 = False, data_dir: DataDir = None, force: Force = False,
     as_json: AsJson = False,
 ) -> None:
     """Loss on the segments joining chosen epochs of a run (phase-wise Fig. 2)."""
@@ -353,7 +354,7 @@ def segments(
     anchors = parse_int_list(epochs, "--epochs") if epochs else None
     run_analysis("segments", as_json, lambda o: run(run_dir, out or run_dir / "segments.h5", anchors, points, o),
                  split=split, subset=subset, bn=bn, device=device, batch_size=batch_size, seed=seed,
-                 data_dir=data_dir, force=force)
+                 data_dir=data_dir, force=force, bf16=bf16)
 
 
 @app.command(epilog=(
@@ -365,7 +366,7 @@ def twopoint(
     ref: Annotated[Optional[int], typer.Option(help="Reference epoch (default: the last)")] = None,
     max_epochs: Annotated[Optional[int], typer.Option(help="Largest interval in epochs (default: back to epoch 0)")] = None,
     split: Split = "train,test", subset: Subset = None, bn: BN = "recompute", device: Device = "auto",
-    batch_size: BatchSize = 2048, seed: Seed = 0, data_dir: DataDir = None, force: Force = False,
+    batch_size: BatchSize = 2048, seed: Seed = 0, bf16: BF16 = False, data_dir: DataDir = None, force: Force = False,
     as_json: AsJson = False,
 ) -> None:
     """Loss of (theta_ref + theta_ref-k)/2 over intervals k in steps and epochs (phase-wise Fig. 3)."""
@@ -373,7 +374,7 @@ def twopoint(
 
     run_analysis("twopoint", as_json, lambda o: run(run_dir, out or run_dir / "twopoint.h5", ref, max_epochs, o),
                  split=split, subset=subset, bn=bn, device=device, batch_size=batch_size, seed=seed,
-                 data_dir=data_dir, force=force)
+                 data_dir=data_dir, force=force, bf16=bf16)
 
 
 @app.command(epilog=(
@@ -387,7 +388,7 @@ def trajectory(
     grid: Annotated[int, typer.Option(help="Points per axis of --surface")] = 21,
     center: Annotated[str, typer.Option(help="PCA centering: mean or last")] = "mean",
     split: Split = "train,test", subset: Subset = None, bn: BN = "recompute", device: Device = "auto",
-    batch_size: BatchSize = 2048, seed: Seed = 0, data_dir: DataDir = None, force: Force = False,
+    batch_size: BatchSize = 2048, seed: Seed = 0, bf16: BF16 = False, data_dir: DataDir = None, force: Force = False,
     as_json: AsJson = False,
 ) -> None:
     """PCA and time-delay coordinates of the per-epoch weights (phase-wise Fig. 1)."""
@@ -396,7 +397,7 @@ def trajectory(
     run_analysis("trajectory", as_json,
                  lambda o: run(run_dir, out or run_dir / "trajectory.h5", layer, with_surface, grid, center, o),
                  split=split, subset=subset, bn=bn, device=device, batch_size=batch_size, seed=seed,
-                 data_dir=data_dir, force=force)
+                 data_dir=data_dir, force=force, bf16=bf16)
 
 
 # ---------------------------------------------------------------- rendering

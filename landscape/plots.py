@@ -276,6 +276,8 @@ def caption(result: Any) -> str:
                      + (f", ignore {html.escape(_text(attrs['ignore']))}" if attrs.get("ignore") else ""))
     if attrs.get("seed") is not None:
         parts.append(f"<b>seed</b> {html.escape(_text(attrs['seed']))}")
+    if attrs.get("precision"):
+        parts.append(f"<b>precision</b> {html.escape(_text(attrs['precision']))}")
     lines.append(" · ".join(parts))
     ckpts = [checkpoint_name(p) for p in _as_list(attrs.get("checkpoints"))]
     if ckpts:

@@ -92,6 +92,24 @@ def test_interpolation_endpoints_equal_direct_evaluation(run, tmp_path):
     assert float(result.extra["distance"]) == pytest.approx(expected, rel=1e-5)
 
 
+def test_bf16_is_asked_for_recorded_and_part_of_the_identity(run, tmp_path):
+    a, b = run / "sgd" / "final.pt", run / "swa" / "averaged.pt"
+    out = interpolate(a, b, tmp_path / "line.h5", np.array([0.0, 1.0]), AnalysisOptions(**OPTS, bf16=True))
+    result = load_result(out)
+    assert result.attrs["precision"] == "bf16 autocast"
+    ckpt = load_checkpoint(a)
+    model = build_model(ckpt.model["name"], **ckpt.model["kwargs"])
+    model.load_state_dict(ckpt.state_dict)
+    test = load_dataset(**ckpt.data).test
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(test.x)
+    expected = torch.nn.functional.cross_entropy(logits.float(), test.y).item()
+    assert result.metrics["test"]["loss"][0] == pytest.approx(expected, rel=1e-5)
+    assert result.metrics["test"]["loss"][0] != pytest.approx(direct(a)[0], rel=1e-6)  # not float32
+    with pytest.raises(UserError):  # a float32 run does not continue or reuse a bf16 file
+        interpolate(a, b, tmp_path / "line.h5", np.array([0.0, 1.0]), AnalysisOptions(**OPTS))
+
+
 def test_interpolation_and_plane_match_closed_form(tmp_path):
     rng = np.random.default_rng(0)
     ws = [rng.normal(size=6) for _ in range(3)]

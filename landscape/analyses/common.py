@@ -167,6 +167,8 @@ def open_result(
             normalization=normalization,
         )
         attrs.update(identity or {})
+        if opts.bf16:  # other numbers than a float32 run: part of the file's identity
+            attrs["precision"] = "bf16 autocast"
         return cls.create_or_resume(out, analysis=analysis, attrs=attrs, coords=coords, dims=dims,
                                     splits=list(opts.splits), overwrite=opts.overwrite)
 
