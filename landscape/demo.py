@@ -1,9 +1,11 @@
 """The whole chain on the embedded default, small enough to run in a couple of minutes on 2 cores.
 
 Train sgd and swa from one initialization on MNIST-1D, then: the line between their
-solutions, random rays from both, the plane through SWA's last iterate, the SGD solution
-and the SWA average (the SWA paper's Fig. 1, right), and the PCA trajectory of SGD from its
-initialization with the loss on the PCA plane; finally one HTML report.
+solutions, the top Hessian eigenvalue along that line (on a fixed 1000-sample subset of
+the train split: "SWA is flatter" as a curve), random rays from both, the plane through
+SWA's last iterate, the SGD solution and the SWA average (the SWA paper's Fig. 1, right),
+and the PCA trajectory of SGD from its initialization with the loss on the PCA plane;
+finally one HTML report.
 
 Under torchrun every step is already distributed (DDP training, analyses with rank 0 as
 the only writer); the report is drawn by rank 0 alone.
@@ -19,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from landscape import distributed
-from landscape.analyses import AnalysisOptions, interpolate, rays, surface, trajectory
+from landscape.analyses import AnalysisOptions, SharpnessOptions, interpolate, rays, sharpness, surface, trajectory
 from landscape.plots import report
 from landscape.train import OptimizerResult, TrainConfig, train
 
@@ -48,8 +50,13 @@ def run_demo(
     # The whole test split and the whole train split, as everywhere; BatchNorm (if the model
     # had any) recomputed at every point.
     opts = AnalysisOptions(device=device, command="landscape demo", overwrite=True, progress=point_progress)
+    line = out / "interpolate.h5"
+    flatness = AnalysisOptions(splits=("train",), subset=1000, device=device, command="landscape demo",
+                               overwrite=True, progress=point_progress)
     steps: list[tuple[str, Callable[[], Path]]] = [
-        ("interpolate", lambda: interpolate(sgd, swa, out / "interpolate.h5", np.linspace(-0.5, 1.5, 41), opts)),
+        ("interpolate", lambda: interpolate(sgd, swa, line, np.linspace(-0.5, 1.5, 21), opts)),
+        ("sharpness", lambda: sharpness(None, out / "sharpness.h5", SharpnessOptions(along=str(line), top_k=1),
+                                        flatness)),
         ("rays", lambda: rays([sgd, swa], out / "rays.h5", np.linspace(0, 1, 11), n_rays=5, opts=opts)),
         ("surface", lambda: surface(out / "swa" / "final.pt", out / "surface.h5",
                                     through=(sgd, swa), grid_points=15, opts=opts)),

@@ -131,7 +131,7 @@ def test_demo_end_to_end(tmp_path):
     assert result.returncode == 0, result.stderr
     assert str(report) in result.stdout.replace("\n", "")
     page = report.read_text()
-    for name in ("interpolate.h5", "rays.h5", "surface.h5", "trajectory.h5"):
+    for name in ("interpolate.h5", "sharpness.h5", "rays.h5", "surface.h5", "trajectory.h5"):
         assert name in page
     # The line's endpoints are the trained models: alpha = 0 and 1 hold the test loss the
     # trainer measured for sgd's last iterate and swa's average (cnn1d has no BatchNorm).
