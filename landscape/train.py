@@ -232,14 +232,15 @@ def train_step(
     with model.no_sync() if sam and ddp else nullcontext():
         with autocast():
             logits = model(x)
-        loss = F.cross_entropy(logits.float(), y)
+        loss = F.cross_entropy(logits.float() if bf16 else logits, y)
         (loss * weight if weight != 1.0 else loss).backward()
     if sam:
         # Second gradient on the same batch at w + eps. BatchNorm running statistics
         # were updated by the first pass at w and must not move again.
         def closure() -> torch.Tensor:
             with frozen_bn_stats(model), autocast():
-                perturbed = F.cross_entropy(model(x).float(), y)
+                out = model(x)
+                perturbed = F.cross_entropy(out.float() if bf16 else out, y)
             (perturbed * weight if weight != 1.0 else perturbed).backward()
             return perturbed
 
