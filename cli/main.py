@@ -486,13 +486,26 @@ _compare.register(app)
 
 def main() -> None:
     try:
-        app()
+        code = app(standalone_mode=False)  # usage errors come here, to be one line like ours
     except UserError as exc:
         err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, typer.Abort):
         err_console.print("interrupted; finished epochs are saved, rerun with --resume to continue")
         sys.exit(130)
+    except Exception as exc:
+        # A command-line usage error (click's ClickException, vendored by newer typer).
+        if not (hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int)):
+            raise
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `landscape CMD` alone: its help, as asked
+            print(exc.ctx.get_help())  # type: ignore[attr-defined]
+            sys.exit(0)
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        err_console.print(f"[bold red]error:[/bold red] {exc.format_message()}{where}", highlight=False,
+                          soft_wrap=True)
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -144,3 +144,20 @@ def test_demo_end_to_end(tmp_path):
     assert np.isclose(loss[np.isclose(alpha, 1)][0], swa["averaged_test_loss"], rtol=1e-6)
     with h5py.File(out / "surface.h5") as f:
         assert f.attrs["analysis"] == "surface" and f["done"][()].all() and len(f["models/coords"]) == 3
+
+
+@pytest.mark.parametrize("args,fragment", [
+    (["interpolate", "--nope"], "--nope"),
+    (["interpolate", "only_a.pt"], "Missing argument"),
+    (["rays", "a.pt", "--rays", "abc"], "--rays"),
+    (["surface", "a.pt", "--through", "b.pt"], "--through"),
+    (["nosuchcommand"], "nosuchcommand"),
+])
+def test_usage_errors_are_one_line_too(args, fragment):
+    assert_one_line_error(landscape(*args), fragment)
+
+
+def test_help_still_exits_zero():
+    for args in (["--help"], ["surface", "--help"]):
+        result = landscape(*args)
+        assert result.returncode == 0 and "Usage" in result.stdout
