@@ -84,7 +84,9 @@ class TrainProgress:
 
 def summary_table(results: list[Any], title: str) -> Table:
     table = Table(title=title)
-    for column in ("optimizer", "epochs", "train loss", "test loss", "test acc", "avg test loss", "avg test acc"):
+    # Two-line headers: the table fits an 80-column terminal.
+    for column in ("optimizer", "epochs", "train\nloss", "test\nloss", "test\nacc", "averaged\ntest loss",
+                   "averaged\ntest acc"):
         table.add_column(column, justify="left" if column == "optimizer" else "right", no_wrap=True)
     for r in results:
         m = r.final
