@@ -413,7 +413,7 @@ def open_in_browser(path: Path) -> None:
     except webbrowser.Error:
         opened = False
     if not opened:
-        console.print(f"no browser here; open {path} yourself")
+        err_console.print(f"no browser here; open {path} yourself")
 
 
 @app.command(epilog=(
@@ -459,14 +459,28 @@ def demo(
     epochs: Annotated[int, typer.Option(help="Training epochs")] = 20,
     device: Device = "auto",
     open_: Annotated[bool, typer.Option("--open", help="Open the report in the default browser")] = False,
+    as_json: AsJson = False,
 ) -> None:
     """The whole chain on the embedded default: train sgd and swa, analyse, write report.html."""
     from landscape.demo import run_demo
 
-    display = console
+    display = err_console if as_json else console
     with TrainProgress(display) as progress, PointProgress("analyses", display) as points:
         summary = run_demo(out, report_path, epochs=epochs, device=device, train_progress=progress,
                            point_progress=points)
+    if as_json:
+        print(json.dumps({
+            "training": {r.name: {"directory": str(r.directory), **r.final} for r in summary.training},
+            "analyses": [{"analysis": name, "file": str(path), "seconds": seconds}
+                         for name, path, seconds in summary.analyses],
+            "report": str(summary.report)}, indent=2))
+    else:
+        print_demo_summary(summary)
+    if open_:
+        open_in_browser(summary.report)
+
+
+def print_demo_summary(summary: Any) -> None:
     console.print(summary_table(summary.training, "landscape demo: training"))
     table = Table(title="landscape demo: analyses")
     for column in ("analysis", "file", "seconds"):
@@ -475,8 +489,6 @@ def demo(
         table.add_row(name, str(path), f"{seconds:.1f}")
     console.print(table)
     console.print(f"report: [bold]{summary.report}[/bold]")
-    if open_:
-        open_in_browser(summary.report)
 
 
 # Commands kept in their own modules; they import the helpers above lazily.

@@ -127,9 +127,13 @@ def test_demo_end_to_end(tmp_path):
     import numpy as np
 
     out, report = tmp_path / "demo", tmp_path / "report.html"
-    result = landscape("demo", "--epochs", "3", "--device", "cpu", "--out", str(out), "--report", str(report))
+    result = landscape("demo", "--epochs", "3", "--device", "cpu", "--out", str(out), "--report", str(report),
+                       "--json")
     assert result.returncode == 0, result.stderr
-    assert str(report) in result.stdout.replace("\n", "")
+    summary = json.loads(result.stdout)
+    assert summary["report"] == str(report) and summary["training"]["swa"]["epoch"] == 3
+    assert [a["analysis"] for a in summary["analyses"]] == ["interpolate", "sharpness", "rays", "surface",
+                                                           "trajectory"]
     page = report.read_text()
     for name in ("interpolate.h5", "sharpness.h5", "rays.h5", "surface.h5", "trajectory.h5"):
         assert name in page
