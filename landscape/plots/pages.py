@@ -1,0 +1,385 @@
+"""The figure of any result (dispatch on its ``analysis``), self-contained HTML pages,
+run-directory reports and PNG export."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+import plotly.io as pio
+from plotly.subplots import make_subplots
+
+from landscape.errors import UserError
+from landscape.plots.compare import _compare
+from landscape.plots.lines import _interpolate, _rays, _segments, _twopoint
+from landscape.plots.planes import _surface, _trajectory
+from landscape.plots.sharpness import _sharpness
+from landscape.plots.style import (
+    CONFIG, PAGE_CSS, PALETTE, _as_list, _exact, _finish, _gaps, _place_buttons, _scale_buttons, _text,
+)
+
+
+# ============================================================================ figure
+
+ANALYSES: dict[str, Callable[[Any], go.Figure]] = {
+    "interpolate": _interpolate,
+    "rays": _rays,
+    "surface": _surface,
+    "segments": _segments,
+    "twopoint": _twopoint,
+    "trajectory": _trajectory,
+    "sharpness": _sharpness,
+    "compare": _compare,
+}
+
+
+def figure(result: Any) -> go.Figure:
+    """The figure of one result (a :class:`landscape.store.Result`, or a path to load)."""
+    if isinstance(result, (str, os.PathLike)):
+        from landscape.store import load_result
+        result = load_result(result)
+    attrs = getattr(result, "attrs", {}) or {}
+    analysis = _text(attrs.get("analysis", ""))
+    draw = ANALYSES.get(analysis)
+    where = getattr(result, "path", "result")
+    if draw is None:
+        raise UserError(f"{where}: cannot draw analysis {analysis!r}; known: {', '.join(ANALYSES)}")
+    try:
+        return draw(result)
+    except (KeyError, IndexError) as exc:
+        raise UserError(f"{where}: {analysis} result is missing or has malformed data ({exc})") from None
+
+
+# ============================================================================ HTML
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_html(figures: Sequence[go.Figure | str], path: str | os.PathLike, title: str,
+               caption_html: str = "") -> Path:
+    """One self-contained page: plotly.js embedded once, then every figure; written atomically.
+
+    Items of ``figures`` that are strings are inserted as HTML fragments (headings, tables)
+    in order. ``caption_html`` goes under the page title. Returns the path written.
+    """
+    path = Path(path)
+    parts: list[str] = []
+    embedded = False
+    n = 0
+    for item in figures:
+        if isinstance(item, str):
+            parts.append(item)
+            continue
+        if not isinstance(item, go.Figure):
+            raise TypeError(f"write_html takes plotly Figures or HTML strings, not {type(item).__name__}")
+        n += 1
+        div = pio.to_html(item, full_html=False, include_plotlyjs=not embedded, config=CONFIG,
+                          div_id=f"figure-{n}", default_width="100%")
+        embedded = True
+        parts.append(f'<div class="figure">{div}</div>')
+    page = (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+        f"<title>{html.escape(title)}</title>\n<style>{PAGE_CSS}</style>\n</head>\n<body>\n<main>\n"
+        f"<h1>{html.escape(title)}</h1>\n"
+        + (f'<div class="caption">{caption_html}</div>\n' if caption_html else "")
+        + "\n".join(parts)
+        + f"\n<footer>made by landscape {_version()} · plotly.js embedded; this page works offline</footer>"
+        + "\n</main>\n</body>\n</html>\n"
+    )
+    _atomic_write_text(path, page)
+    return path
+
+
+def _version() -> str:
+    try:
+        import landscape
+        return landscape.__version__
+    except Exception:  # pragma: no cover
+        return "?"
+
+
+def plot_result(path: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """Draw one result file into a self-contained HTML page (default: RESULT.html beside it)."""
+    from landscape.store import load_result
+
+    path = Path(path)
+    result = load_result(path)
+    fig = figure(result)
+    out = Path(out) if out is not None else path.with_suffix(".html")
+    title = f"{_text(result.attrs.get('analysis'))}: {path.name}"
+    return write_html([fig], out, title)
+
+
+# ============================================================================ run directories
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            raise UserError(f"{path}:{n}: not a JSON line") from None
+    return rows
+
+
+def _optimizer_dirs(run_dir: Path) -> list[Path]:
+    """RUN/<optimizer> folders with a metrics.jsonl, in the run's optimizer order."""
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir} is not a run directory (no such folder)")
+    found = {p.parent.name: p.parent for p in run_dir.glob("*/metrics.jsonl")}
+    order: list[str] = []
+    config = run_dir / "config.json"
+    if config.exists():
+        try:
+            cfg = json.loads(config.read_text())
+            order = list((cfg.get("config") or cfg).get("optimizers") or [])
+        except (ValueError, AttributeError):
+            order = []
+    names = [o for o in order if o in found] + sorted(o for o in found if o not in order)
+    return [found[n] for n in names]
+
+
+def metrics_figure(run_dir: str | os.PathLike) -> go.Figure:
+    """Per-epoch train/test loss and accuracy of every optimizer of a run, and the LR schedule.
+
+    Solid lines: the iterate; dashed: the averaged model (swa, asgd, phase, --average).
+    """
+    run_dir = Path(run_dir)
+    dirs = _optimizer_dirs(run_dir)
+    if not dirs:
+        raise UserError(f"{run_dir}: no RUN/<optimizer>/metrics.jsonl found; is this a run directory?")
+    fig = make_subplots(rows=3, cols=2, row_heights=[0.4, 0.4, 0.2], vertical_spacing=0.09,
+                        horizontal_spacing=0.08, shared_xaxes=True,
+                        specs=[[{}, {}], [{}, {}], [{"colspan": 2}, None]],
+                        subplot_titles=("Train loss", "Test loss", "Train accuracy (%)", "Test accuracy (%)",
+                                        "Learning rate"))
+    for i, d in enumerate(dirs):
+        rows = _read_metrics(d / "metrics.jsonl")
+        if not rows:
+            continue
+        name, color = d.name, PALETTE[i % len(PALETTE)]
+        epoch = [row.get("epoch") for row in rows]
+
+        def col(key: str, scale: float = 1.0) -> list | None:
+            vals = [row.get(key) for row in rows]
+            if all(v is None for v in vals):
+                return None
+            return _gaps([np.nan if v is None else float(v) * scale for v in vals])
+
+        for key, r_, c_, scale, unit in (("train_loss", 1, 1, 1, "loss"), ("test_loss", 1, 2, 1, "loss"),
+                                         ("train_acc", 2, 1, 100, "accuracy %"),
+                                         ("test_acc", 2, 2, 100, "accuracy %")):
+            for averaged in (False, True):
+                k = f"averaged_{key}" if averaged else key
+                ys = col(k, scale)
+                if ys is None:
+                    continue
+                label = f"{name} (averaged)" if averaged else name
+                fig.add_trace(go.Scatter(
+                    x=epoch, y=ys, mode="lines+markers" if len(rows) <= 40 else "lines", name=label,
+                    legendgroup=label, marker=dict(size=5),
+                    showlegend=(r_, c_) == (1, 1),
+                    line=dict(color=color, width=2.6, dash="dash" if averaged else "solid"),
+                    customdata=[_exact(v) if v is not None else "n/a" for v in (row.get(k) for row in rows)],
+                    hovertemplate=f"<b>{html.escape(label)}</b> epoch %{{x}}<br>{k.replace('_', ' ')} = "
+                                  "%{customdata}<extra></extra>",
+                ), row=r_, col=c_)
+        lr = col("lr")
+        if lr is not None:
+            fig.add_trace(go.Scatter(
+                x=epoch, y=lr, mode="lines", name=f"{name} lr", legendgroup=name, showlegend=False,
+                line=dict(color=color, width=2.2, shape="hv"),
+                customdata=[_exact(row.get("lr")) if row.get("lr") is not None else "n/a" for row in rows],
+                hovertemplate=f"<b>{html.escape(name)}</b> epoch %{{x}}<br>lr (last step) = %{{customdata}}"
+                              "<extra></extra>",
+            ), row=3, col=1)
+    fig.update_yaxes(title_text="loss", row=1, col=1)
+    fig.update_yaxes(title_text="accuracy (%)", row=2, col=1)
+    fig.update_yaxes(title_text="lr", type="log", dtick=1, row=3, col=1)
+    fig.update_xaxes(title_text="epoch", row=3, col=1)
+    fig.update_layout(updatemenus=[_scale_buttons(["yaxis", "yaxis2"])])
+    _finish(fig, None, f"Training curves: {run_dir.name}",
+            "per epoch, evaluated on the full splits; solid: iterate, dashed: averaged model",
+            height=900, caption_shift=0, legend_top=False, right_margin=30)
+    _place_buttons(fig)
+    return fig
+
+
+def _summary_table(run_dir: Path) -> str:
+    head = ("<tr><th>optimizer</th><th>epochs</th><th>final test acc.</th><th>averaged test acc.</th>"
+            "<th>best test acc. (epoch)</th><th>final train loss</th></tr>")
+    body = []
+    for d in _optimizer_dirs(run_dir):
+        rows = _read_metrics(d / "metrics.jsonl")
+        if not rows:
+            body.append(f"<tr><td>{html.escape(d.name)}</td><td colspan=5>no epochs finished</td></tr>")
+            continue
+        last = rows[-1]
+
+        def pct(v: Any) -> str:
+            return "—" if v is None or not np.isfinite(float(v)) else f"{100 * float(v):.2f}%"
+
+        accs = [(float(r["test_acc"]), r.get("epoch")) for r in rows
+                if r.get("test_acc") is not None and np.isfinite(float(r["test_acc"]))]
+        best = max(accs, key=lambda a: a[0]) if accs else None
+        loss = last.get("train_loss")
+        body.append(
+            f"<tr><td>{html.escape(d.name)}</td><td>{html.escape(_text(last.get('epoch', len(rows))))}</td>"
+            f"<td>{pct(last.get('test_acc'))}</td><td>{pct(last.get('averaged_test_acc'))}</td>"
+            f"<td>{pct(best[0]) + f' ({best[1]})' if best else '—'}</td>"
+            f"<td>{'—' if loss is None else f'{float(loss):.4g}'}</td></tr>")
+    return f'<table class="summary">{head}{"".join(body)}</table>'
+
+
+def _compare_section(path: Path) -> str:
+    """The table of a `landscape compare` result (compare.h5) as HTML: mean ± std over seeds
+    and the paired difference to the baseline with its 95% CI, as the command prints it."""
+    from landscape.store import load_result
+
+    try:
+        r = load_result(path)
+        names = [_text(v) for v in r.coords["optimizer"]]
+        cells = [_text(v) for v in r.coords["sweep"]]
+        kinds = [_text(v) for v in r.coords["model"]]
+        base = np.asarray(r.extra["baseline_row"]).tolist()
+        stat = lambda metric, name: np.asarray(r.extra[f"stats/{metric}/{name}"], dtype=float)  # noqa: E731
+        acc = {k: stat("test_acc", k) for k in ("mean", "std")}
+        loss = {k: stat("test_loss", k) for k in ("mean", "std")}
+    except (KeyError, UserError) as exc:
+        return f'<p class="error">could not read {html.escape(str(path))}: {html.escape(str(exc))}</p>'
+    baseline = _text(r.attrs.get("baseline", ""))
+    has_diff = bool(baseline) and "stats/test_acc/diff_mean" in r.extra
+    sharp = "stats/sharpness/mean" in r.extra
+
+    def pm(m: float, s: float, scale: float, digits: int) -> str:
+        if not np.isfinite(m):
+            return "—"
+        return f"{scale * m:.{digits}f} ± {scale * s:.{digits}f}" if np.isfinite(s) else f"{scale * m:.{digits}f}"
+
+    def ci(metric: str, i: int, scale: float, digits: int) -> str:
+        if base[i] == i:
+            return "reference"
+        m, lo, hi = (float(r.extra[f"stats/{metric}/diff_{k}"][i]) for k in ("mean", "ci_low", "ci_high"))
+        if base[i] < 0 or not np.isfinite(m):
+            return "—"
+        return (f"{scale * m:+.{digits}f} [{scale * lo:+.{digits}f}, {scale * hi:+.{digits}f}]"
+                if np.isfinite(lo) else f"{scale * m:+.{digits}f}")
+
+    sweep = any(cells)
+    head = ["optimizer"] + (["sweep"] if sweep else []) + ["model", "test acc. (%)"]
+    head += [f"Δ acc. vs {baseline} (points) [95% CI]"] if has_diff else []
+    head += ["test loss"] + ([f"Δ loss vs {baseline} [95% CI]"] if has_diff else [])
+    head += ["top Hessian eig."] if sharp else []
+    body = []
+    for i, name in enumerate(names):
+        cols = [name] + ([cells[i] or "—"] if sweep else []) + [kinds[i], pm(acc["mean"][i], acc["std"][i], 100, 2)]
+        cols += [ci("test_acc", i, 100, 2)] if has_diff else []
+        cols += [pm(loss["mean"][i], loss["std"][i], 1, 4)] + ([ci("test_loss", i, 1, 4)] if has_diff else [])
+        if sharp:
+            cols.append(pm(float(r.extra["stats/sharpness/mean"][i]), float(r.extra["stats/sharpness/std"][i]), 1, 3))
+        body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cols) + "</tr>")
+    seeds = _as_list(r.attrs.get("seeds", []))
+    note = (f"{len(seeds)} seeds ({', '.join(map(str, seeds))}), {_text(r.attrs.get('epochs', '?'))} epochs; "
+            f"{_text(r.attrs.get('std', ''))}" + (f"; Δ: {_text(r.attrs.get('ci', ''))}" if has_diff else "")
+            + f". Command: {_text(r.attrs.get('command', ''))}")
+    return (f'<table class="summary"><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in head)}</tr>'
+            f'{"".join(body)}</table><p class="caption">{html.escape(note)}</p>')
+
+
+def _run_caption(run_dir: Path) -> str:
+    config = run_dir / "config.json"
+    if not config.exists():
+        return f"run directory <code>{html.escape(str(run_dir))}</code>"
+    try:
+        cfg = json.loads(config.read_text())
+    except ValueError:
+        return f"run directory <code>{html.escape(str(run_dir))}</code> (config.json unreadable)"
+    c = cfg.get("config", cfg) if isinstance(cfg, dict) else {}
+    parts = [f"run <code>{html.escape(str(run_dir))}</code>"]
+    for key in ("dataset", "model", "optimizers", "epochs", "batch_size", "phases", "schedule", "seed"):
+        if key in c and c[key] not in (None, "", []):
+            v = c[key]
+            v = ", ".join(map(str, v)) if isinstance(v, list) else v
+            parts.append(f"<b>{key.replace('_', ' ')}</b> {html.escape(_text(v))}")
+    if cfg.get("device"):
+        parts.append(f"<b>device</b> {html.escape(_text(cfg['device']))}")
+    return " · ".join(parts)
+
+
+def report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """One page for a run: training curves, a summary table, and every result file inside it."""
+    run_dir = Path(run_dir)
+    compare_h5 = run_dir / "compare.h5"  # `landscape compare` output: its table first
+    items: list[go.Figure | str] = []
+    if compare_h5.is_file():
+        items += ["<h2>Comparison</h2>", _compare_section(compare_h5)]
+        try:
+            from landscape.store import load_result
+            items.append(figure(load_result(compare_h5)))
+        except UserError as exc:
+            items.append(f'<p class="error">could not draw compare.h5: {html.escape(str(exc))}</p>')
+    if not compare_h5.is_file() or _optimizer_dirs(run_dir):
+        items += ["<h2>Training</h2>", _summary_table(run_dir), metrics_figure(run_dir)]
+    results = sorted(p for p in run_dir.rglob("*.h5") if p.is_file() and p != compare_h5)
+    if results:
+        from landscape.store import load_result
+    for p in results:
+        rel = p.relative_to(run_dir)
+        items.append(f"<h2>{html.escape(str(rel))}</h2>")
+        try:
+            items.append(figure(load_result(p)))
+        except UserError as exc:
+            items.append(f'<p class="error">could not draw {html.escape(str(rel))}: {html.escape(str(exc))}</p>')
+    out = Path(out) if out is not None else run_dir / "report.html"
+    return write_html(items, out, f"landscape report: {run_dir.name}", _run_caption(run_dir))
+
+
+# ============================================================================ PNG
+
+def save_png(fig: go.Figure, path: str | os.PathLike, scale: float = 2.0) -> Path:
+    """Static PNG through kaleido; a clear UserError when kaleido or a Chrome is missing."""
+    try:
+        import kaleido  # noqa: F401
+    except ImportError:
+        raise UserError("PNG export needs the 'kaleido' package (pip install kaleido) and a Chrome/Chromium; "
+                        "kaleido is not installed. The HTML output needs neither.") from None
+    browsers = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
+    if not (os.environ.get("BROWSER_PATH") or any(shutil.which(b) for b in browsers)):
+        raise UserError("PNG export through kaleido needs Chrome or Chromium, and none was found "
+                        "(install chromium, or set BROWSER_PATH to a Chrome binary)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.write_image(tmp, format="png", scale=scale)
+        os.replace(tmp, path)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"PNG export failed: {' '.join(str(exc).split())[:300]}") from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
