@@ -65,6 +65,15 @@ def test_help_has_examples():
     assert result.returncode == 0 and "landscape train --optimizer sgd --optimizer swa" in result.stdout
 
 
+@pytest.mark.parametrize("command", ["interpolate", "rays", "surface", "segments", "twopoint", "trajectory",
+                                     "sharpness", "compare", "plot", "report", "demo"])
+def test_every_command_help_shows_an_example(command):
+    result = landscape(command, "--help")
+    assert result.returncode == 0 and "Usage:" in result.stdout
+    # The usage line says "python -m cli.main": "landscape CMD ..." can only be an example.
+    assert f"landscape {command}" in result.stdout
+
+
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "run"
