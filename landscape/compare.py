@@ -68,7 +68,7 @@ import numpy as np
 from landscape import distributed
 from landscape.checkpoint import atomic_write_text
 from landscape.errors import UserError
-from landscape.train import OPTIMIZERS, TrainConfig, averages, train
+from landscape.train import OPTIMIZERS, TrainConfig, averages, make_writable_dir, train
 
 FORMAT = "landscape-compare/1"
 BASELINE_DEFAULT = "sgd"
@@ -478,13 +478,7 @@ def _prepare_out(plan: Plan, *, force: bool) -> None:
         for name in ("compare.json", "compare.h5", "compare.h5.partial", "compare.csv", "sharpness.json"):
             (out / name).unlink(missing_ok=True)
         shutil.rmtree(out / ".budget-probe", ignore_errors=True)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"--out {out}: not writable ({exc.strerror or exc})") from None
+    make_writable_dir(out)
 
 
 IGNORED_SETTINGS = ("device", "eval_batch_size")  # where a run is computed does not change what it is

@@ -14,7 +14,7 @@ the only writer); the report is drawn by rank 0 alone.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -51,8 +51,7 @@ def run_demo(
     # had any) recomputed at every point.
     opts = AnalysisOptions(device=device, command="landscape demo", overwrite=True, progress=point_progress)
     line = out / "interpolate.h5"
-    flatness = AnalysisOptions(splits=("train",), subset=1000, device=device, command="landscape demo",
-                               overwrite=True, progress=point_progress)
+    flatness = replace(opts, splits=("train",), subset=1000)
     steps: list[tuple[str, Callable[[], Path]]] = [
         ("interpolate", lambda: interpolate(sgd, swa, line, np.linspace(-0.5, 1.5, 21), opts)),
         ("sharpness", lambda: sharpness(None, out / "sharpness.h5", SharpnessOptions(along=str(line), top_k=1),

@@ -267,6 +267,11 @@ def prepare_run_dir(out: Path, optimizers: list[str], *, resume: bool, force: bo
         for name in OPTIMIZERS:
             shutil.rmtree(out / name, ignore_errors=True)
         (out / "config.json").unlink(missing_ok=True)
+    make_writable_dir(out)
+
+
+def make_writable_dir(out: Path) -> None:
+    """Create ``out`` and prove a file can be written there, before any work is done."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
