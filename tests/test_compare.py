@@ -24,13 +24,7 @@ CFG = TrainConfig(optimizers=["sgd", "asgd", "sam"], data_options={"num_train": 
 SWEEP = "rho=0.02,0.1"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny convolutions: a second intra-op thread only adds contention on a loaded 2-core box.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

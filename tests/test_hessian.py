@@ -22,13 +22,7 @@ from landscape.hessian import DenseOperator, Objective, gradient_noise, hutchins
 DTYPE = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny problems: one thread avoids OpenMP synchronization costs on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 def spectrum() -> torch.Tensor:

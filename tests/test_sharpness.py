@@ -42,13 +42,7 @@ def factory(*, num_classes: int, input_shape, hidden: int = 6, bn: bool = False)
     return nn.Sequential(*layers)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one thread avoids OpenMP synchronization costs on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 def make_checkpoint(path, seed: int, bn: bool = False, lr: float = 0.05):
