@@ -1,22 +1,22 @@
 """`landscape compare`: every optimizer x every seed (x one swept setting) -> a table with error bars.
 
-Thin: parses, calls :func:`landscape.compare.compare`, prints. Registered by cli/main.py
-with ``compare.register(app)``.
+Thin: parses, calls :func:`landscape.compare.compare`, prints. Its training options are
+`landscape train`'s (the same option groups, cli/options.py).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
 
-# cli.main is imported inside the command, not here: cli/main.py imports this module to
-# register the command, and a module-level import back would be circular.
+from cli.common import TrainProgress, apply_runtime, command_line, console, err_console
+from cli.options import ModelAndData, Runtime, Training, grouped
+from cli.train import Optimizers, train_config
 
 DEFAULT_OPTIMIZERS = ["sgd", "asgd", "phase", "sam", "asam"]
 DEFAULT_SEEDS = 5
@@ -38,8 +38,9 @@ def register(app: typer.Typer) -> None:
     app.command(name="compare", epilog=EPILOG)(compare)
 
 
+@grouped
 def compare(
-    optimizer: Annotated[Optional[list[str]], typer.Option("--optimizer", "-O", help="sgd, asgd, swa, phase, sam, asam, lookahead; repeat. Default: sgd asgd phase sam asam")] = None,
+    optimizer: Optimizers = list(DEFAULT_OPTIMIZERS),
     seeds: Annotated[int, typer.Option(help="Number of seeds (seed, seed+1, ...); each seed is one initialization shared by every optimizer")] = DEFAULT_SEEDS,
     seed: Annotated[int, typer.Option(help="First seed")] = 0,
     sweep: Annotated[Optional[str], typer.Option(help="One setting over values, e.g. lr=0.05,0.1,0.2, rho=0.02,0.05,0.1 or gamma0=0.8,0.9,0.95; only the optimizers it changes are retrained per value")] = None,
@@ -49,66 +50,25 @@ def compare(
     sharpness_subset: Annotated[int, typer.Option(help="Training samples for --sharpness (0: the whole split)")] = 1024,
     out: Annotated[Path, typer.Option("--out", "-o", help="Compare directory: OUT/seed_<s>/..., compare.h5, compare.csv")] = Path("runs/compare"),
     epochs: Annotated[Optional[int], typer.Option(help=f"Training epochs per run (default {DEFAULT_EPOCHS})")] = None,
-    dataset: Annotated[str, typer.Option(help="mnist1d (embedded), cifar10, cifar100, svhn, mnist, fashion-mnist")] = "mnist1d",
-    data_dir: Annotated[Optional[Path], typer.Option(help="Where torchvision datasets live (not needed for mnist1d)")] = None,
-    data_option: Annotated[Optional[list[str]], typer.Option(help=f"Dataset option key=value (mnist1d default here: num_test={DEFAULT_NUM_TEST})")] = None,
-    model: Annotated[Optional[str], typer.Option(help="mlp, cnn1d, resnet20/32/56, wrn-D-K, vgg16-bn, preresnet-D or package.module:factory")] = None,
-    model_option: Annotated[Optional[list[str]], typer.Option(help="Model option key=value, e.g. bn=true")] = None,
-    batch_size: Annotated[int, typer.Option(help="Mini-batch size")] = 128,
-    lr: Annotated[float, typer.Option(help="Peak learning rate")] = 0.1,
-    momentum: Annotated[float, typer.Option(help="SGD momentum")] = 0.9,
-    nesterov: Annotated[bool, typer.Option(help="Nesterov momentum")] = False,
-    weight_decay: Annotated[float, typer.Option(help="L2 weight decay (coupled, as torch.optim.SGD)")] = 5e-4,
-    schedule: Annotated[str, typer.Option(help="phases (constant LR per phase), cosine or constant")] = "phases",
-    phases: Annotated[Optional[str], typer.Option(help="epochs:lr per phase; default half, quarter, quarter at lr, lr/10, lr/100")] = None,
-    average: Annotated[bool, typer.Option("--average", help="Also average sgd/sam/asam/lookahead (e.g. averaged SAM)")] = False,
-    avg_start: Annotated[Optional[int], typer.Option(help="First epoch averaged by asgd/--average (default: epochs//2 + 1)")] = None,
-    avg_every: Annotated[str, typer.Option(help="Average every 'epoch' or every 'step'")] = "epoch",
-    swa_start: Annotated[Optional[int], typer.Option(help="First SWA epoch (default 75% of epochs)")] = None,
-    swa_lr: Annotated[Optional[float], typer.Option(help="SWA learning rate (default lr/2)")] = None,
-    swa_cycle: Annotated[int, typer.Option(help="0: constant SWA LR; c>0: cyclic over c epochs")] = 0,
-    swa_lr_max: Annotated[Optional[float], typer.Option(help="Top of each SWA cycle (default lr)")] = None,
-    gamma0: Annotated[float, typer.Option(help="Phase-wise base decay; gamma = gamma0^(80/T_p)")] = 0.9,
-    phase_momentum: Annotated[str, typer.Option(help="At a phase start from the average: 'keep' or 'reset' momentum")] = "keep",
-    rho: Annotated[Optional[float], typer.Option(help="SAM/ASAM radius (default 0.05 SAM, 0.5 ASAM)")] = None,
-    asam_eta: Annotated[float, typer.Option(help="ASAM eta in T = |w| + eta")] = 0.01,
-    asam_filterwise: Annotated[bool, typer.Option(help="ASAM with filter-wise T")] = False,
-    lookahead_k: Annotated[int, typer.Option(help="Lookahead: fast steps per slow update")] = 5,
-    lookahead_alpha: Annotated[float, typer.Option(help="Lookahead: slow step size")] = 0.5,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch (default: torch's choice); 1 is often fastest for small models on a shared machine")] = None,
+    source: ModelAndData = ModelAndData(),
+    training: Training = Training(),
+    runtime: Runtime = Runtime(),
     force: Annotated[bool, typer.Option("--force", help="Delete this compare's runs and results in --out and start over")] = False,
     resume: Annotated[bool, typer.Option("--resume", hidden=True, help="Accepted for symmetry with train; resuming is automatic")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the table as JSON")] = False,
 ) -> None:
     """Train every optimizer for every seed from a shared initialization; table of final test accuracy/loss
-    (last iterate and averaged model), mean ± std over seeds, paired difference to sgd with a 95% CI."""
-    from cli.main import TrainProgress, console, err_console, parse_options
+    (last iterate and averaged model), mean ± std over seeds, paired difference to sgd with a 95% CI.
+    On mnist1d the test split defaults to num_test=10000 here: a 0.3-point gap needs that many samples."""
     from landscape import compare as cmp
     from landscape.errors import UserError
-    from landscape.train import TrainConfig
 
     if budget is not None and epochs is not None:
         raise UserError("give --epochs or --budget, not both (--budget chooses the epochs)")
-    if threads is not None:
-        if threads < 1:
-            raise UserError(f"--threads must be >= 1, got {threads}")
-        import torch
-
-        torch.set_num_threads(threads)
-    data_options = parse_options(data_option, "--data-option")
-    if dataset.lower().replace("-", "") == "mnist1d":
-        data_options.setdefault("num_test", DEFAULT_NUM_TEST)
-    cfg = TrainConfig(
-        optimizers=list(optimizer or DEFAULT_OPTIMIZERS), dataset=dataset, data_options=data_options,
-        data_dir=str(data_dir) if data_dir else None, model=model,
-        model_options=parse_options(model_option, "--model-option"), epochs=epochs or DEFAULT_EPOCHS,
-        batch_size=batch_size, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
-        schedule=schedule, phases=phases, average=average, avg_start=avg_start, avg_every=avg_every,
-        swa_start=swa_start, swa_lr=swa_lr, swa_cycle=swa_cycle, swa_lr_max=swa_lr_max, gamma0=gamma0,
-        phase_momentum=phase_momentum, rho=rho, asam_eta=asam_eta, asam_filterwise=asam_filterwise,
-        lookahead_k=lookahead_k, lookahead_alpha=lookahead_alpha, seed=seed, device=device,
-    )
+    apply_runtime(runtime)
+    mnist1d = (source.dataset or "mnist1d").lower().replace("-", "") == "mnist1d"
+    cfg = train_config(optimizer, epochs or DEFAULT_EPOCHS, seed, source, training, runtime,
+                       data_defaults={"num_test": DEFAULT_NUM_TEST} if mnist1d else None)
     display = err_console if as_json else console
 
     def on_event(event: dict[str, Any]) -> None:
@@ -127,7 +87,7 @@ def compare(
                     "continuing" if event.get("state") == "partial" else "training")
             display.print(f"[{event['index']}/{event['total']}] {where}: {', '.join(run.optimizers)} ({what})")
 
-    command = " ".join(["landscape", *sys.argv[1:]])
+    command = command_line()
     with TrainProgress(display) as progress:
         result = cmp.compare(cfg, out, seeds=seeds, first_seed=seed, sweep=sweep, baseline=baseline,
                              budget=budget, sharpness=sharpness, sharpness_subset=sharpness_subset or None,

@@ -1,12 +1,8 @@
-"""`landscape sharpness`: Hessian spectrum, trace, density, gradient noise and stability.
-
-Registered on the main app by ``register(app)`` (cli/main.py calls it). The helpers of
-cli.main are imported when the command runs, so this module can be imported from
-anywhere in cli/main.py without a circular import.
-"""
+"""`landscape sharpness`: Hessian spectrum, trace, density, gradient noise and stability."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -14,6 +10,8 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
+from cli.common import PointProgress, analysis_options, console, err_console
+from cli.options import Evaluation, ModelAndData, Runtime, grouped
 from landscape.errors import UserError
 
 EPILOG = (
@@ -21,14 +19,27 @@ EPILOG = (
     "  landscape sharpness runs/x/sgd/final.pt --trace --density\n\n"
     "  landscape sharpness runs/x/swa/averaged.pt --noise --subset 1000 --smallest\n\n"
     "  landscape sharpness --along line.h5 --trace   (lambda_max and trace at every alpha of an interpolation)\n\n"
-    "  landscape sharpness runs/x/sgd/final.pt --by-layer --trace --json"
+    "  landscape sharpness runs/x/sgd/final.pt --by-layer --trace --json\n\n"
+    "  landscape sharpness model.pt --model mymodels:net --dataset mydata:splits --subset 1000"
 )
+
+
+@dataclasses.dataclass
+class HessianEvaluation(Evaluation):
+    """The common evaluation options, with the defaults of a Hessian of one split's loss."""
+
+    split: Annotated[str, typer.Option("--split", help="The split whose loss is differentiated: train or test")] = \
+        "train"
+    batch_size: Annotated[int, typer.Option(
+        help="Samples per batch (capped by memory for Hessian-vector products)")] = 2048
+    seed: Annotated[int, typer.Option(help="Seed of the random probes and of --subset")] = 0
 
 
 def register(app: typer.Typer) -> None:
     """Add the ``sharpness`` command to ``app``."""
 
     @app.command(epilog=EPILOG)
+    @grouped
     def sharpness(
         checkpoint: Annotated[Optional[Path], typer.Argument(help="Checkpoint to measure (not needed with --along)")] = None,
         out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Result file (.h5); default beside the checkpoint: sharpness_<name>.h5")] = None,
@@ -56,18 +67,11 @@ def register(app: typer.Typer) -> None:
         layer_steps: Annotated[int, typer.Option(help="Lanczos steps per layer")] = 20,
         along: Annotated[Optional[Path], typer.Option(help="An interpolate result: the quantities at every alpha of its line")] = None,
         hvp: Annotated[str, typer.Option(help="Hessian-vector products: auto (measure, keep the fastest), grad-of-jvp, jvp-of-grad or double-backward")] = "auto",
-        split: Annotated[str, typer.Option("--split", help="The split whose loss is differentiated: train or test")] = "train",
-        subset: Annotated[Optional[int], typer.Option(help="Use a fixed seeded subset of N samples (default: whole split)")] = None,
-        bn: Annotated[str, typer.Option("--bn", help="recompute: BatchNorm statistics recomputed at the point from the train split; keep: stored ones")] = "recompute",
-        device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
-        batch_size: Annotated[int, typer.Option(help="Samples per batch (capped by memory for Hessian-vector products)")] = 2048,
-        seed: Annotated[int, typer.Option(help="Seed of the random probes and of --subset")] = 0,
-        data_dir: Annotated[Optional[Path], typer.Option(help="Where torchvision datasets live (not needed for mnist1d)")] = None,
-        force: Annotated[bool, typer.Option("--force", help="Replace an existing result made by a different command")] = False,
-        as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary instead of a table")] = False,
+        source: ModelAndData = ModelAndData(),
+        evaluation: HessianEvaluation = HessianEvaluation(),
+        runtime: Runtime = Runtime(),
     ) -> None:
         """Hessian top eigenvalues, trace, spectral density, gradient noise; lambda_max against 2/lr."""
-        from cli.main import PointProgress, analysis_options, console, err_console
         from landscape.analyses.sharpness import SharpnessOptions, sharpness as run, summarize
 
         if checkpoint is None and along is None:
@@ -83,13 +87,11 @@ def register(app: typer.Typer) -> None:
             layer_steps=layer_steps, along=str(along) if along else None, hvp=hvp)
         if out is None:
             out = default_output(checkpoint, along)
-        display = err_console if as_json else console
+        display = err_console if evaluation.as_json else console
         with PointProgress("sharpness", display) as progress:
-            opts = analysis_options(split=split, subset=subset, bn=bn, device=device, batch_size=batch_size,
-                                    seed=seed, data_dir=data_dir, force=force, progress=progress)
-            path = run(checkpoint, out, sopts, opts)
+            path = run(checkpoint, out, sopts, analysis_options(source, evaluation, runtime, progress))
         summary = summarize(path)
-        if as_json:
+        if evaluation.as_json:
             print(json.dumps(summary, indent=2))
             return
         console.print(summary_table(summary))

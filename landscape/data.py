@@ -9,6 +9,11 @@ plain tensor indexing (``split.x[idx]``) with no DataLoader and no per-sample Py
   ``$LANDSCAPE_CACHE_DIR/mnist1d/``). It never downloads anything.
 * ``cifar10``, ``cifar100``, ``svhn``, ``mnist`` and ``fashion-mnist`` are read by
   ``torchvision.datasets`` from ``data_dir`` with ``download=False``.
+* ``package.module:factory`` is your own data: ``factory(**options)`` returns ``(train,
+  test)``, each ``(x, y)`` tensors (or arrays) or a ``torch.utils.data.Dataset`` /
+  ``DataLoader`` of ``(x, y)`` items. It is imported only when you name it, and the data
+  are taken as they are: never normalised, reshaped or augmented (:func:`as_dataset`, which
+  notebooks call directly with their own tensors or loaders).
 
 Randomness (augmentation offsets and flips, epoch shuffles, subsets) is always drawn from
 CPU ``torch.Generator`` objects, so results are identical on every device and the
@@ -19,7 +24,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import importlib.metadata
+import inspect
 import os
 import random
 import tempfile
@@ -33,12 +40,14 @@ import torch
 import torch.nn.functional as F
 
 from landscape.errors import UserError
+from landscape.factories import import_factory, is_user_factory
 
 __all__ = [
     "AUGMENTATIONS",
     "DATASET_NAMES",
     "Dataset",
     "Split",
+    "as_dataset",
     "augment",
     "batch_indices",
     "load_dataset",
@@ -57,9 +66,10 @@ _MNIST1D_CACHE_VERSION = 1
 
 @dataclass
 class Split:
-    """One split held as tensors: ``x`` float32 normalized, ``y`` int64, both on one device."""
+    """One split held as tensors: ``x`` (float32 normalized for the built-ins, as given for
+    your own data), ``y`` int64 class indices, both on one device."""
 
-    x: torch.Tensor  # (N, C, L) for 1-D signals, (N, C, H, W) for images
+    x: torch.Tensor  # (N, C, L) for 1-D signals, (N, C, H, W) for images; any shape for your data
     y: torch.Tensor  # (N,)
 
     def __post_init__(self) -> None:
@@ -109,6 +119,9 @@ class Dataset:
     # (pixel/255 for images, the generator's units for mnist1d). Undo with x * std + mean.
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
+    # False when num_classes was inferred from the labels (your own data): a model may then
+    # have more outputs than the largest label needs.
+    exact_classes: bool = True
 
     @property
     def device(self) -> torch.device:
@@ -135,8 +148,10 @@ def load_dataset(
     default: "crop+flip" for CIFAR, "crop" for SVHN, "none" for MNIST/Fashion-MNIST).
     ``data_dir`` is required for the image datasets and ignored by mnist1d.
     """
-    canonical = _canonical_name(name)
     dev = _as_device(device)
+    if is_user_factory(name):
+        return _load_user_data(name, dev, **options)
+    canonical = _canonical_name(name)
     if canonical == "mnist1d":
         return _load_mnist1d(dev, **options)
     return _load_image_dataset(canonical, data_dir, dev, **options)
@@ -152,7 +167,8 @@ def _canonical_name(name: Any) -> str:
     if key not in DATASET_NAMES:
         close = difflib.get_close_matches(key, DATASET_NAMES, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise UserError(f"unknown dataset {name!r}{hint}; choose one of: {', '.join(DATASET_NAMES)}")
+        raise UserError(f"unknown dataset {name!r}{hint}; choose one of: {', '.join(DATASET_NAMES)}, "
+                        "or your own package.module:factory")
     return key
 
 
@@ -455,6 +471,122 @@ def _load_image_dataset(name: str, data_dir: str | Path | None, device: torch.de
     test = Split(_to_float(xte_t, mean, std, device), torch.from_numpy(yte).to(device))
     spec = {"name": name, "augment": aug}
     return Dataset(name, train, test, info.num_classes, tuple(train.x.shape[1:]), aug, spec, mean, std)
+
+
+# --------------------------------------------------------------------------- your own data
+
+
+def _load_user_data(name: str, device: torch.device, **options: Any) -> Dataset:
+    factory = import_factory(name, "dataset")
+    try:
+        inspect.signature(factory).bind(**options)
+    except TypeError as exc:
+        raise UserError(f"bad options for dataset {name!r}: {exc}") from None
+    except ValueError:  # no signature to check (some builtins): let the call decide
+        pass
+    splits = factory(**options)
+    if not isinstance(splits, (tuple, list)) or len(splits) != 2:
+        raise UserError(f"dataset factory {name!r} returned {type(splits).__name__}; it must return (train, test), "
+                        "each (x, y) tensors or a Dataset of (x, y) items")
+    spec = {"name": name, **options}
+    return as_dataset(splits[0], splits[1], name=name, device=device, spec=spec)
+
+
+def as_dataset(train: Any, test: Any, *, name: str = "user data", num_classes: int | None = None,
+               device: Any = "cpu", spec: dict | None = None) -> Dataset:
+    """Your own data as a device-resident :class:`Dataset`, taken as it is (no normalisation,
+    reshaping or augmentation; floating inputs are held in float32, the precision points are
+    evaluated in, and integer inputs such as token ids stay integers).
+
+    ``train`` and ``test`` are each ``(x, y)`` (tensors or numpy arrays), a
+    ``torch.utils.data.Dataset`` of ``(x, y)`` items or a ``DataLoader`` yielding ``(x, y)``
+    batches (read once, in its order: a shuffling or augmenting loader gives one fixed draw).
+    ``y`` holds integer class indices; ``num_classes`` defaults to the largest label + 1.
+    """
+    dev = _as_device(device)
+    splits = {}
+    for which, value in (("train", train), ("test", test)):
+        splits[which] = _as_split(value, f"{name} {which}").to(dev)
+    labels = int(max(int(s.y.max()) for s in splits.values())) + 1
+    given = num_classes is not None
+    if num_classes is None:
+        num_classes = labels
+    elif labels > num_classes:
+        raise UserError(f"{name}: labels go up to {labels - 1}, more than num_classes={num_classes} allows")
+    if splits["train"].x.shape[1:] != splits["test"].x.shape[1:]:
+        raise UserError(f"{name}: train samples have shape {tuple(splits['train'].x.shape[1:])}, test samples "
+                        f"{tuple(splits['test'].x.shape[1:])}")
+    if spec is None:  # data handed over in Python: its digest identifies it in result files
+        spec = {"name": name, "sha256": _digest(splits["train"], splits["test"])}
+    return Dataset(name, splits["train"], splits["test"], int(num_classes), tuple(splits["train"].x.shape[1:]),
+                   "none", dict(spec), exact_classes=given)
+
+
+def _digest(*splits: Split) -> str:
+    digest = hashlib.sha256()
+    for split in splits:
+        for t in (split.x, split.y):
+            t = t.detach().to("cpu").contiguous()
+            digest.update(f"{t.dtype}:{tuple(t.shape)};".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _as_split(value: Any, what: str) -> Split:
+    if isinstance(value, Split):
+        x, y = value.x, value.y
+    elif isinstance(value, (tuple, list)) and len(value) == 2 and not isinstance(value[0], (tuple, list)):
+        x, y = (_tensor(v, what) for v in value)
+    elif isinstance(value, (torch.utils.data.Dataset, torch.utils.data.DataLoader)):
+        x, y = _collect(value, what)
+    else:
+        raise UserError(f"{what}: expected (x, y) tensors, a torch Dataset of (x, y) items or a DataLoader, "
+                        f"got {type(value).__name__}")
+    if y.dim() != 1 or y.dtype.is_floating_point or y.dtype == torch.bool or y.is_complex():
+        raise UserError(f"{what}: labels must be a 1-D tensor of integer class indices (landscape scores "
+                        f"cross-entropy), got {y.dtype} of shape {tuple(y.shape)}")
+    if len(y) == 0:
+        raise UserError(f"{what} is empty")
+    if len(x) != len(y):
+        raise UserError(f"{what}: {len(x)} inputs but {len(y)} labels")
+    if x.is_floating_point() and x.dtype != torch.float32:
+        x = x.float()  # the precision every point is evaluated in; values are not changed otherwise
+    if int(y.min()) < 0:
+        raise UserError(f"{what}: negative labels ({int(y.min())}); labels are class indices 0..C-1")
+    return Split(x, y.to(torch.int64))
+
+
+def _tensor(value: Any, what: str) -> torch.Tensor:
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise UserError(f"{what}: cannot make a tensor of {type(value).__name__} ({exc})") from None
+
+
+def _collect(source: Any, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every (x, y) of a Dataset (batched by the default collate) or a DataLoader, concatenated."""
+    loader = source if isinstance(source, torch.utils.data.DataLoader) else \
+        torch.utils.data.DataLoader(source, batch_size=1024, shuffle=False, num_workers=0)
+    xs, ys = [], []
+    try:
+        for batch in loader:
+            if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+                raise UserError(f"{what}: items must be (x, y) pairs, got {type(batch).__name__}"
+                                + (f" of {len(batch)}" if isinstance(batch, (tuple, list)) else ""))
+            xs.append(_tensor(batch[0], what))
+            ys.append(_tensor(batch[1], what).reshape(-1))
+    except UserError:
+        raise
+    except Exception as exc:  # collate errors on PIL images, strings, ragged shapes
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{what}: cannot read its (x, y) items as tensors ({first[:200]}); return tensors, "
+                        "e.g. with transforms.ToTensor()") from None
+    if not xs:
+        raise UserError(f"{what} is empty")
+    try:
+        return torch.cat(xs), torch.cat(ys)
+    except RuntimeError as exc:
+        raise UserError(f"{what}: samples of different shapes ({exc})") from None
 
 
 # --------------------------------------------------------------------------- augmentation & batching

@@ -37,6 +37,7 @@ float64. NaN/inf are returned as they are; a diverged point never stops the othe
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import nullcontext
@@ -192,17 +193,20 @@ class StateLayout:
                 parts.append(f"{len(unexpected)} unexpected entries ({_first(unexpected)})")
             raise UserError(f"{what} does not fit the model: {'; '.join(parts)}; "
                             "is it a checkpoint of another architecture?")
+        wrong = []
         for e in self.entries:
             value = state_dict[e.name]
             if not isinstance(value, Tensor):
                 raise UserError(f"{what}: entry {e.name!r} is a {type(value).__name__}, not a tensor")
-            if tuple(value.shape) != e.shape:
-                raise UserError(f"{what} does not fit the model: {e.name!r} has shape {tuple(value.shape)}, "
-                                f"the model expects {e.shape}; is it a checkpoint of another architecture "
-                                "or width?")
             if value.is_complex() or value.dtype == torch.bool:
                 raise UserError(f"{what}: entry {e.name!r} has dtype {value.dtype}, the model expects a "
                                 "floating-point tensor")
+            if tuple(value.shape) != e.shape:
+                wrong.append(f"{e.name!r} is {tuple(value.shape)}, the model's {e.shape}")
+        if wrong:
+            shown = "; ".join(wrong[:3]) + (f"; and {len(wrong) - 3} more" if len(wrong) > 3 else "")
+            raise UserError(f"{what} does not fit the model: {len(wrong)} shape{'s' if len(wrong) > 1 else ''} "
+                            f"differ ({shown}); is it a checkpoint of another architecture or width?")
 
     def flatten(self, state_dict: Mapping[str, Tensor]) -> Tensor:
         """(dim,) float32 point of ``state_dict``, on the device of its tensors."""
@@ -290,10 +294,10 @@ Results = dict[str, dict[str, np.ndarray]]
 class Engine:
     """Loss and accuracy of one architecture at many parameter points.
 
-    ``model_spec`` is a checkpoint's ``{"name", "kwargs"}``; ``data`` a loaded Dataset (moved to
-    ``device`` if it is elsewhere). ``subset`` takes the same fixed seeded subset
-    (``Split.subset(n, seed)``, n capped at the split's size) of every split. ``bn``:
-    ``"recompute"`` resets and recomputes BatchNorm statistics from the train split (its
+    ``model`` is a checkpoint's ``{"name", "kwargs"}`` or an ``nn.Module`` (copied; its own
+    weights are never touched); ``data`` a loaded Dataset (moved to ``device`` if it is
+    elsewhere). ``subset`` takes the same fixed seeded subset (``Split.subset(n, seed)``, n
+    capped at the split's size) of every split. ``bn``: ``"recompute"`` resets and recomputes BatchNorm statistics from the train split (its
     subset) for every point, as ``torch.optim.swa_utils.update_bn`` does, with batches of
     ``batch_size``; ``"keep"`` uses the point's own buffers. ``bf16`` runs the forward passes
     under bfloat16 autocast (the loss is still computed in float32 and summed in float64).
@@ -301,7 +305,7 @@ class Engine:
 
     def __init__(
         self,
-        model_spec: Mapping[str, Any],
+        model: Mapping[str, Any] | nn.Module,
         data: Dataset,
         *,
         splits: Sequence[str] = SPLITS,
@@ -314,7 +318,12 @@ class Engine:
         bf16: bool = False,
         memory_budget_gb: float = 2.0,
     ):
-        self.model_spec = _check_model_spec(model_spec)
+        if isinstance(model, nn.Module):
+            self._template: nn.Module | None = copy.deepcopy(model).cpu()
+            self.model_spec = {"name": f"{type(model).__module__}.{type(model).__qualname__}", "kwargs": {}}
+        else:
+            self._template = None
+            self.model_spec = _check_model_spec(model)
         self.device = _device(device)
         if bn not in BN_MODES:
             raise UserError(f"bn mode must be one of {', '.join(BN_MODES)}, got {bn!r}")
@@ -344,10 +353,7 @@ class Engine:
         self.bf16 = bool(bf16)
         self.memory_budget_gb = float(memory_budget_gb)
 
-        model = build_model(self.model_spec["name"], **self.model_spec["kwargs"])
-        if not isinstance(model, nn.Module):  # build_model checks user factories; be safe
-            raise UserError(f"model {self.model_spec['name']!r} is not a torch.nn.Module")
-        self.model = model.to(self.device).eval().requires_grad_(False)
+        self.model = self.new_model().eval().requires_grad_(False)
         self.layout = StateLayout(self.model.state_dict(), self.model)
         self._bns = _batchnorms(self.model)
         self.recompute = bn == "recompute" and bool(self._bns)
@@ -365,7 +371,9 @@ class Engine:
         if self.recompute:
             self._bn_data = self._data["train"] if "train" in self._data else prepare(data.train)
         self.sizes = {s: len(v) for s, v in self._data.items()}
+        self.full_sizes = {"train": len(data.train), "test": len(data.test)}  # before any subset
         self.num_classes = data.num_classes
+        self.data_spec = dict(data.spec)
         self._check_fit(data)
 
         # CPU 2-D convolutions run ~1.3-1.6x faster in channels_last (measured, see the module doc).
@@ -408,11 +416,14 @@ class Engine:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"model {self.model_spec['name']!r} does not fit dataset {data.name!r} "
                             f"(inputs {tuple(split.x.shape[1:])}): {msg[:200]}") from None
-        if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != len(x) \
-                or out.shape[1] != data.num_classes:
+        classes_fit = isinstance(out, Tensor) and out.dim() == 2 and (
+            out.shape[1] == data.num_classes if data.exact_classes else out.shape[1] >= data.num_classes)
+        if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != len(x) or not classes_fit:
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            want = f"(N, {data.num_classes})" if data.exact_classes else \
+                f"(N, C) with C >= {data.num_classes} (its labels go up to {data.num_classes - 1})"
             raise UserError(f"model {self.model_spec['name']!r} gives outputs {shape} on dataset {data.name!r}; "
-                            f"expected logits (N, {data.num_classes})")
+                            f"expected logits {want}")
 
     def _bind_flat(self) -> None:
         """Point every floating model tensor at its slice of ``self._flat`` (copying the current values)."""
@@ -519,6 +530,15 @@ class Engine:
             return False
 
     # ------------------------------------------------------------------ public API
+
+    def new_model(self) -> nn.Module:
+        """A fresh model of this architecture on the engine's device (for autograd work: sharpness)."""
+        if self._template is not None:
+            return copy.deepcopy(self._template).to(self.device)
+        model = build_model(self.model_spec["name"], **self.model_spec["kwargs"])
+        if not isinstance(model, nn.Module):  # build_model checks user factories; be safe
+            raise UserError(f"model {self.model_spec['name']!r} is not a torch.nn.Module")
+        return model.to(self.device)
 
     def flatten(self, state_dict: Mapping[str, Tensor]) -> Tensor:
         """The point of a checkpoint's state_dict (UserError if it does not fit this model)."""

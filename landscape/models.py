@@ -18,7 +18,11 @@ Built-in names:
 * ``vgg16-bn``: VGG-16 with BatchNorm for CIFAR, as in the SWA repository.
 * ``preresnet-D``: pre-activation ResNet as in the SWA repository: bottleneck blocks when
   D >= 44 (then D = 9n+2 is required), basic blocks otherwise (D = 6n+2).
-* ``package.module:factory``: any importable callable returning an ``nn.Module``.
+* ``torchvision:NAME``: ``torchvision.models.get_model(NAME, weights=None, **kwargs)``
+  (``num_classes`` is passed; never pretrained weights: they would be downloaded).
+* ``package.module:factory``: any importable callable returning an ``nn.Module``. Imported
+  only when the user names it (``landscape.factories``); a checkpoint that names one is
+  refused unless the same name is given.
 
 All image models end in adaptive average pooling, so they run on any H x W (VGG needs >= 32).
 ReLUs are never in-place: double-backward (Hessian-vector products) must see unmodified inputs.
@@ -26,12 +30,9 @@ ReLUs are never in-place: double-backward (Hessian-vector products) must see unm
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
-import os
 import re
-import sys
 from functools import partial
 from typing import Any, Callable, Sequence
 
@@ -40,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from landscape.errors import UserError
+from landscape.factories import BUILTIN_PREFIXES, import_factory
 
 MODEL_NAMES: list[str] = [
     "mlp",
@@ -54,11 +56,10 @@ MODEL_NAMES: list[str] = [
 
 _WRN_RE = re.compile(r"wrn-(\d+)-(\d+)")
 _PRERESNET_RE = re.compile(r"preresnet-(\d+)")
-_USER_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 _HELP = (
     "valid models: mlp, cnn1d, resnet20, resnet32, resnet56, vgg16-bn, "
     "wrn-D-K (D = 6n+4, e.g. wrn-28-10), preresnet-D (e.g. preresnet-110), "
-    "or package.module:factory"
+    "torchvision:NAME (e.g. torchvision:resnet18) or package.module:factory"
 )
 
 
@@ -425,25 +426,32 @@ def _pattern_factory(name: str) -> Callable[..., nn.Module] | None:
     return None
 
 
-def _user_factory(spec: str) -> Callable[..., Any]:
-    if not _USER_RE.fullmatch(spec):
-        raise UserError(f"malformed model factory {spec!r}: expected package.module:factory")
-    module_name, attr = spec.split(":")
-    # Console scripts do not put the working directory on sys.path, but users expect
-    # `--model mymodels:net` to find ./mymodels.py. Appending never shadows installed packages.
-    if os.getcwd() not in sys.path:
-        sys.path.append(os.getcwd())
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as e:
-        raise UserError(f"cannot import module {module_name!r} for model {spec!r}: {e}") from e
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise UserError(f"module {module_name!r} has no attribute {attr!r} (model {spec!r})")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise UserError(f"model factory {spec!r} is not callable")
-    return obj
+def _torchvision_factory(name: str) -> Callable[..., nn.Module]:
+    """``torchvision:ARCH`` through torchvision's own registry, always without pretrained weights
+    (the weights come from the checkpoint; a download is never started)."""
+    import torchvision.models as tvm
+
+    arch = name.split(":", 1)[1]
+    known = tvm.list_models()
+    if arch not in known:
+        import difflib
+
+        close = difflib.get_close_matches(arch, known, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise UserError(f"torchvision has no model {arch!r}{hint}; see torchvision.models.list_models()")
+
+    def build(**kwargs: Any) -> nn.Module:
+        for key in ("weights", "weights_backbone"):
+            if kwargs.get(key) is not None:
+                raise UserError(f"model {name!r}: option {key} is not accepted (pretrained weights would be "
+                                "downloaded); the weights come from your checkpoint")
+            kwargs.pop(key, None)
+        try:
+            return tvm.get_model(arch, weights=None, **kwargs)
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"bad options for model {name!r}: {exc}") from None
+
+    return build
 
 
 def _check_options(factory: Callable[..., Any], name: str, kwargs: dict[str, Any]) -> None:
@@ -471,7 +479,10 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
         _check_options(factory, name, kwargs)
         return factory(**kwargs)
 
-    factory = _user_factory(name)
+    if name.startswith(BUILTIN_PREFIXES):
+        kwargs.pop("input_shape", None)  # torchvision models take any input size
+        return _torchvision_factory(name)(**kwargs)
+    factory = import_factory(name, "model")
     try:
         params = inspect.signature(factory).parameters
         takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
@@ -485,3 +496,11 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise UserError(f"model factory {name!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def model_spec(name: str, options: dict[str, Any], num_classes: int, input_shape: Sequence[int]) -> dict[str, Any]:
+    """``{"name", "kwargs"}`` of a model for data with ``num_classes`` and per-sample ``input_shape``:
+    the user's options, with num_classes and input_shape filled in where not given
+    (:func:`build_model` passes each factory only what it takes)."""
+    kwargs = {"num_classes": int(num_classes), "input_shape": [int(d) for d in input_shape], **options}
+    return {"name": name, "kwargs": kwargs}

@@ -521,11 +521,13 @@ def _now() -> str:
 
 def root_attrs(analysis: str, command: str | Sequence[str], checkpoints: Sequence[PathLike] | PathLike,
                dataset_spec: Mapping[str, Any], subset: int | None, bn_mode: str, seed: int,
-               normalization: str | Mapping[str, Any] | None = None) -> dict[str, Any]:
+               normalization: str | Mapping[str, Any] | None = None,
+               digests: Sequence[str] | None = None) -> dict[str, Any]:
     """The DESIGN.md root attributes of a result (add analysis options to the dict).
 
     ``command`` may be ``sys.argv`` (joined shell-quoted); ``subset`` None means the whole
-    split and is stored as -1; ``normalization`` is left out when None.
+    split and is stored as -1; ``normalization`` is left out when None. ``digests`` are the
+    checkpoints' sha256 when they are not (all) files (weights handed over in Python).
     """
     import torch  # here, not at module level: load_result must stay light for notebooks
 
@@ -543,7 +545,7 @@ def root_attrs(analysis: str, command: str | Sequence[str], checkpoints: Sequenc
         "torch_version": str(torch.__version__),
         "command": command if isinstance(command, str) else shlex.join(command),
         "checkpoints": paths,
-        "checkpoint_sha256": [file_sha256(p) for p in paths],
+        "checkpoint_sha256": list(digests) if digests is not None else [file_sha256(p) for p in paths],
         "dataset": dict(dataset_spec),
         "subset": -1 if subset is None else int(subset),
         "bn_mode": bn_mode,

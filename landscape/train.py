@@ -38,7 +38,9 @@ from landscape.checkpoint import (
 from landscape.data import Dataset, augment, batch_indices, load_dataset
 from landscape.device import resolve_device
 from landscape.errors import UserError
+from landscape.factories import is_user_factory
 from landscape.evaluate import evaluate, recompute_bn
+from landscape import models
 from landscape.models import build_model
 from landscape.optim import (
     SAM,
@@ -129,6 +131,8 @@ class TrainConfig:
         _check(cfg.lookahead_k >= 1 and 0 < cfg.lookahead_alpha <= 1,
                "--lookahead-k must be >= 1 and --lookahead-alpha in (0, 1]")
         if cfg.model is None:
+            _check(not is_user_factory(cfg.dataset), f"--dataset {cfg.dataset}: your own data needs --model "
+                                                     "(a built-in name, torchvision:NAME or package.module:factory)")
             cfg.model = DEFAULT_MODEL.get(cfg.dataset, "resnet20")
         if cfg.phases is None:
             first, second = max(1, cfg.epochs // 2), max(0, cfg.epochs // 4)
@@ -166,8 +170,7 @@ def _check(ok: bool, message: str) -> None:
 
 
 def model_spec(cfg: TrainConfig, data: Dataset) -> dict[str, Any]:
-    kwargs = {"num_classes": data.num_classes, "input_shape": list(data.input_shape), **cfg.model_options}
-    return {"name": cfg.model, "kwargs": kwargs}
+    return models.model_spec(cfg.model, cfg.model_options, data.num_classes, data.input_shape)
 
 
 def lr_schedule(name: str, cfg: TrainConfig) -> LRSchedule:

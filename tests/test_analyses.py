@@ -18,6 +18,9 @@ from landscape.train import TrainConfig, train
 
 SMALL = {"num_train": 384, "num_test": 256}
 OPTS = dict(device="cpu", batch_size=512)
+# The linear model's factory lives in this test module: a checkpoint naming it is only read
+# when the caller names it too (reading a file never imports code).
+LINEAR = dict(OPTS, model="tests.test_analyses:linear_logits")
 
 
 class LinearLogits(torch.nn.Module):
@@ -120,13 +123,13 @@ def test_interpolation_and_plane_match_closed_form(tmp_path):
     A = LinearLogits().A.numpy().astype(np.float64)
     alphas = np.linspace(-1, 2, 7)
     line = load_result(interpolate(tmp_path / "p0.pt", tmp_path / "p1.pt", tmp_path / "l.h5", alphas,
-                                   AnalysisOptions(splits=("train",), **OPTS)))
+                                   AnalysisOptions(splits=("train",), **LINEAR)))
     expected = [closed_form_loss((1 - t) * ws[0] + t * ws[1], A, labels) for t in alphas]
     np.testing.assert_allclose(line.metrics["train"]["loss"], expected, rtol=1e-5)
 
     plane = load_result(surface(tmp_path / "p0.pt", tmp_path / "s.h5", np.linspace(-1, 3, 5), np.linspace(-2, 2, 4),
                                 through=(tmp_path / "p1.pt", tmp_path / "p2.pt"),
-                                opts=AnalysisOptions(splits=("train",), **OPTS)))
+                                opts=AnalysisOptions(splits=("train",), **LINEAR)))
     u = (ws[1] - ws[0]) / np.linalg.norm(ws[1] - ws[0])
     c = ws[2] - ws[0]
     v = c - (c @ u) * u
@@ -237,7 +240,7 @@ def test_bad_inputs(run, tmp_path):
     with pytest.raises(UserError, match="junk.pt"):
         interpolate(a, tmp_path / "junk.pt", tmp_path / "x.h5", np.linspace(0, 1, 3), opts)
     save_linear(tmp_path / "lin.pt", np.zeros(6))
-    with pytest.raises(UserError, match="different architectures"):
+    with pytest.raises(UserError, match="name different models"):
         interpolate(a, tmp_path / "lin.pt", tmp_path / "x.h5", np.linspace(0, 1, 3), opts)
     segments(run / "sgd", tmp_path / "seg.h5", [1, 2], points=2, opts=opts)
     with pytest.raises(UserError, match="seg.h5"):

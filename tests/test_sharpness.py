@@ -43,11 +43,12 @@ def factory(*, num_classes: int, input_shape, hidden: int = 6, bn: bool = False)
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
+FACTORY = "tests.test_sharpness:factory"
 
 
 def make_checkpoint(path, seed: int, bn: bool = False, lr: float = 0.05):
     torch.manual_seed(seed)
-    spec = {"name": "tests.test_sharpness:factory", "kwargs": {"num_classes": 10, "input_shape": [1, 40], "bn": bn}}
+    spec = {"name": FACTORY, "kwargs": {"num_classes": 10, "input_shape": [1, 40], "bn": bn}}
     model = build_model(spec["name"], **spec["kwargs"])
     if bn:  # statistics that are wrong for the data: recompute must replace them
         model[2].running_mean.fill_(3.0)
@@ -70,7 +71,8 @@ def run(tmp_path_factory):
 
 
 def opts(**kw) -> AnalysisOptions:
-    return AnalysisOptions(**{"splits": ("train",), "subset": SUBSET, "device": "cpu", **kw})
+    # The checkpoints name this module's factory: read only when the caller names it too.
+    return AnalysisOptions(**{"splits": ("train",), "subset": SUBSET, "device": "cpu", "model": FACTORY, **kw})
 
 
 def dense(path, bn_recompute: bool = True):
@@ -273,7 +275,8 @@ def test_cli_command(run, tmp_path):
     app.command("noop")(lambda: None)  # a second command keeps "sharpness" a subcommand
     runner = CliRunner()
     ckpt = str(run / "sgd" / "final.pt")
-    base = ["sharpness", ckpt, "--subset", str(SUBSET), "--device", "cpu", "--top-k", "2", "--lanczos-steps", "25",
+    base = ["sharpness", ckpt, "--model", FACTORY, "--subset", str(SUBSET), "--device", "cpu", "--top-k", "2",
+            "--lanczos-steps", "25",
             "--sam-steps", "1"]
     res = runner.invoke(app, base + ["-o", str(tmp_path / "c.h5"), "--json", "--trace", "--trace-probes", "6"])
     assert res.exit_code == 0, res.output

@@ -1,6 +1,6 @@
 """One module per analysis; each writes one HDF5 result file (schema in landscape.store)."""
 
-from landscape.analyses.common import AnalysisOptions, parse_int_list, parse_range
+from landscape.analyses.common import AnalysisOptions, parse_int_list, parse_range, wrap_checkpoint
 from landscape.analyses.interpolate import interpolate
 from landscape.analyses.rays import rays
 from landscape.analyses.segments import segments
@@ -10,4 +10,4 @@ from landscape.analyses.trajectory import trajectory
 from landscape.analyses.twopoint import twopoint
 
 __all__ = ["AnalysisOptions", "interpolate", "parse_int_list", "parse_range", "rays", "segments", "surface",
-           "trajectory", "twopoint"]
+           "trajectory", "twopoint", "wrap_checkpoint"]

@@ -8,26 +8,30 @@ each chunk as soon as it is done (so a killed run resumes), and finishes the fil
 
 from __future__ import annotations
 
+import glob
+import logging
 import os
 import re
 import signal
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from landscape import distributed
-from landscape.checkpoint import Checkpoint, load_checkpoint
-from landscape.data import load_dataset
+from landscape import distributed, models
+from landscape.checkpoint import Checkpoint, atomic_torch_save, checkpoint_digest, fit_state_dict, load_checkpoint, \
+    resolve_specs
+from landscape.data import Dataset, load_dataset
 from landscape.device import resolve_device
 from landscape.engine import Engine
 from landscape.errors import UserError
 from landscape.store import ResultWriter, root_attrs
 
+log = logging.getLogger("landscape")
 Progress = Callable[[int, int], None]  # (points done, points total)
 SPLITS = ("train", "test")
 
@@ -49,6 +53,13 @@ class AnalysisOptions:
     overwrite: bool = False
     chunk: int | None = None  # points per engine call; None = about 256 MB of point vectors
     progress: Progress | None = field(default=None, repr=False)
+    # What the checkpoints are weights of, when the files do not say (or to say otherwise):
+    # the same meaning as `landscape train`'s options (see checkpoint.resolve_specs).
+    model: str | None = None
+    model_options: dict[str, Any] = field(default_factory=dict)
+    dataset: str | None = None
+    data_options: dict[str, Any] = field(default_factory=dict)
+    state_key: str | None = None  # key of the state_dict inside foreign checkpoint dicts
 
     def validate(self) -> None:
         bad = [s for s in self.splits if s not in SPLITS]
@@ -90,40 +101,78 @@ def parse_int_list(text: str, flag: str) -> list[int]:
     return values
 
 
-def load_checkpoints(paths: Sequence[str | Path]) -> list[Checkpoint]:
-    """Load checkpoints and insist they are the same architecture on the same data."""
-    if not paths:
+CheckpointLike = str | Path | Checkpoint
+
+
+def prepare(inputs: Sequence[CheckpointLike], opts: AnalysisOptions, engine: Engine | None = None
+            ) -> tuple[list[Checkpoint], Engine]:
+    """Checkpoints and the engine that scores them.
+
+    ``inputs`` are paths (read safely: nothing in a file is imported) or loaded
+    :class:`Checkpoint` objects. Without ``engine`` the model and data come from ``opts``
+    (the user's ``--model``/``--dataset``) or else from what the files say; with one (the
+    Python API: your own ``nn.Module`` and data) the checkpoints are scored by it. Every
+    checkpoint's keys are fitted to the model (prefixes such as ``module.`` stripped, said
+    in a note on the ``landscape`` logger and kept in ``Checkpoint.notes``).
+    """
+    if not inputs:
         raise UserError("no checkpoint given")
-    ckpts = [load_checkpoint(p) for p in paths]
-    first = ckpts[0]
-    for other in ckpts[1:]:
-        if other.model != first.model:
-            raise UserError(
-                f"checkpoints of different architectures: {first.path} is {_describe(first)}, "
-                f"{other.path} is {_describe(other)}"
-            )
-        if set(other.state_dict) != set(first.state_dict) or any(
-            other.state_dict[k].shape != first.state_dict[k].shape for k in first.state_dict
-        ):
-            raise UserError(f"checkpoints do not match: {first.path} and {other.path} hold different tensors")
-    return ckpts
+    ckpts = [c if isinstance(c, Checkpoint) else load_checkpoint(c, state_key=opts.state_key) for c in inputs]
+    if engine is None:
+        model_spec, data_spec = resolve_specs(ckpts, model=opts.model, model_options=opts.model_options,
+                                              dataset=opts.dataset, data_options=opts.data_options)
+        engine = make_engine(model_spec, data_spec, opts)
+    reference = engine.model.state_dict()
+    for c in ckpts:
+        c.state_dict = fit_state_dict(c, reference)
+        for note in c.notes:
+            log.info("%s: %s", c.path, note)
+    return ckpts, engine
 
 
-def _describe(ckpt: Checkpoint) -> str:
-    return f"{ckpt.model['name']}({', '.join(f'{k}={v}' for k, v in ckpt.model.get('kwargs', {}).items())})"
+def wrap_checkpoint(path: str | Path, out: str | Path, opts: AnalysisOptions, *, force: bool = False
+                    ) -> tuple[Path, Checkpoint]:
+    """Write ``path`` (a foreign checkpoint) as a self-describing landscape checkpoint at ``out``.
+
+    The model and data come from ``opts`` (or the file); the keys are fitted to the model and
+    the model is checked against the data with one small forward pass, so what is written
+    always loads. A factory of the user's own is still named by later commands with --model
+    (reading a file never imports code).
+    """
+    out = Path(out)
+    if out.exists() and not force:
+        raise UserError(f"{out} exists; choose another -o or add --force")
+    if out.is_dir():
+        raise UserError(f"{out} is a directory")
+    (ckpt,), engine = prepare([path], replace(opts, splits=("train",), bn="keep"))
+    vector(engine, ckpt)  # shapes and dtypes fit, or one line now
+    ckpt.model, ckpt.data = engine.model_spec, engine.data_spec
+    atomic_torch_save(ckpt.to_dict(), out)
+    return out, ckpt
 
 
-def make_engine(ckpt: Checkpoint, opts: AnalysisOptions) -> Engine:
+def make_engine(model_spec: dict[str, Any], data_spec: dict[str, Any], opts: AnalysisOptions) -> Engine:
+    """Load the data onto the device and build the engine; built-in models get the data's
+    number of classes and input shape unless the spec says otherwise."""
     opts.validate()
     distributed.init()  # under torchrun: join the group first, so "cuda" is this rank's GPU
     device = resolve_device(opts.device)
-    data = load_dataset(data_dir=opts.data_dir, device=device, **ckpt.data)
+    data_spec = dict(data_spec)
+    data = load_dataset(data_spec.pop("name"), data_dir=opts.data_dir, device=device, **data_spec)
+    model_spec = models.model_spec(model_spec["name"], model_spec.get("kwargs") or {}, data.num_classes,
+                                   data.input_shape)
+    return engine_for(model_spec, data, opts)
+
+
+def engine_for(model: dict[str, Any] | torch.nn.Module, data: Dataset, opts: AnalysisOptions) -> Engine:
+    """The engine of ``model`` (a spec or a module) on loaded ``data`` with the common options."""
+    opts.validate()
     if opts.subset is not None:
         smallest = min(len(getattr(data, s)) for s in opts.splits)
         if opts.subset > smallest:
             raise UserError(f"--subset {opts.subset} is larger than the split ({smallest} samples)")
-    return Engine(ckpt.model, data, splits=tuple(opts.splits), subset=opts.subset, seed=opts.seed, bn=opts.bn,
-                  batch_size=opts.batch_size, device=device, strategy=opts.strategy, bf16=opts.bf16)
+    return Engine(model, data, splits=tuple(opts.splits), subset=opts.subset, seed=opts.seed, bn=opts.bn,
+                  batch_size=opts.batch_size, device=data.device, strategy=opts.strategy, bf16=opts.bf16)
 
 
 def vector(engine: Engine, ckpt: Checkpoint) -> torch.Tensor:
@@ -131,7 +180,9 @@ def vector(engine: Engine, ckpt: Checkpoint) -> torch.Tensor:
     try:
         return engine.layout.flatten(ckpt.state_dict).to(engine.device)
     except (KeyError, RuntimeError) as exc:
-        raise UserError(f"{ckpt.path}: does not fit {_describe(ckpt)} ({exc})") from None
+        raise UserError(f"{ckpt.path}: does not fit model {engine.model_spec['name']!r} ({exc})") from None
+    except UserError as exc:
+        raise UserError(f"{ckpt.path}: {exc}") from None
 
 
 def parameter_norm(engine: Engine, v: torch.Tensor) -> float:
@@ -144,6 +195,7 @@ def open_result(
     out: str | Path,
     analysis: str,
     ckpts: Sequence[Checkpoint],
+    engine: Engine,
     opts: AnalysisOptions,
     coords: dict[str, np.ndarray],
     dims: list[str],
@@ -156,16 +208,7 @@ def open_result(
     and whether the result is complete, writes nothing, and whose ``finish`` waits for rank 0."""
 
     def create(cls: type[ResultWriter] = ResultWriter) -> ResultWriter:
-        attrs = root_attrs(
-            analysis=analysis,
-            command=opts.command,
-            checkpoints=[str(c.path) for c in ckpts],
-            dataset_spec=ckpts[0].data,
-            subset=opts.subset,
-            bn_mode=opts.bn,
-            seed=opts.seed,
-            normalization=normalization,
-        )
+        attrs = result_attrs(analysis, ckpts, engine, opts, normalization)
         attrs.update(identity or {})
         if opts.bf16:  # other numbers than a float32 run: part of the file's identity
             attrs["precision"] = "bf16 autocast"
@@ -178,6 +221,19 @@ def open_result(
     if writer is not None:
         return writer
     return _Follower(Path(out), analysis, coords, dims, list(opts.splits), complete)  # type: ignore[return-value]
+
+
+def result_attrs(analysis: str, ckpts: Sequence[Checkpoint], engine: Engine, opts: AnalysisOptions,
+                 normalization: str | None = None) -> dict[str, Any]:
+    """The DESIGN.md root attributes, plus the model scored and how foreign files were read."""
+    attrs = root_attrs(analysis=analysis, command=opts.command, checkpoints=[str(c.path) for c in ckpts],
+                       dataset_spec=engine.data_spec, subset=opts.subset, bn_mode=opts.bn, seed=opts.seed,
+                       normalization=normalization, digests=[checkpoint_digest(c) for c in ckpts])
+    attrs["model"] = engine.model_spec
+    notes = [f"{c.path}: {note}" for c in ckpts for note in c.notes]
+    if notes:
+        attrs["checkpoint_notes"] = notes
+    return attrs
 
 
 class _MainWriter(ResultWriter):
@@ -334,6 +390,7 @@ def _test_stop(chunks_written: int) -> None:
 
 EPOCH_FILE = re.compile(r"epoch_(\d{4,})\.pt$")
 STEP_FILE = re.compile(r"step_(\d{7,})\.pt$")
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 
 
 def run_checkpoints(run_dir: str | Path) -> tuple[dict[int, Path], dict[int, Path]]:
@@ -341,7 +398,8 @@ def run_checkpoints(run_dir: str | Path) -> tuple[dict[int, Path], dict[int, Pat
     run_dir = Path(run_dir)
     folder = run_dir / "checkpoints"
     if not folder.is_dir():
-        raise UserError(f"{run_dir}: not an optimizer run directory (expected {folder}); give RUN/<optimizer>")
+        raise UserError(f"{run_dir}: not an optimizer run directory (expected {folder}); give RUN/<optimizer>, "
+                        "a folder of checkpoint files or a list of them")
     epochs = {int(m.group(1)): p for p in folder.iterdir() if (m := EPOCH_FILE.search(p.name))}
     steps = {int(m.group(1)): p for p in folder.iterdir() if (m := STEP_FILE.search(p.name))}
     if not epochs:
@@ -349,10 +407,79 @@ def run_checkpoints(run_dir: str | Path) -> tuple[dict[int, Path], dict[int, Pat
     return epochs, steps
 
 
-def pick_epochs(available: dict[int, Path], wanted: Sequence[int], flag: str) -> list[Path]:
-    missing = [e for e in wanted if e not in available]
+@dataclass
+class Series:
+    """Checkpoints of one training run in order, keyed by epoch (or by position)."""
+
+    items: dict[int, CheckpointLike]  # key -> checkpoint, keys ascending in training order
+    steps: dict[int, CheckpointLike]  # RUN/<optimizer> only: step checkpoints keyed by step
+    units: str  # what the keys count: "epoch" or "position in ..."
+    run_dir: Path | None = None  # set for RUN/<optimizer>
+
+
+def checkpoint_series(inputs: Sequence[CheckpointLike], opts: AnalysisOptions) -> Series:
+    """RUN/<optimizer>, a folder of checkpoint files, files, globs, or loaded checkpoints, in order.
+
+    Files are ordered by the epoch they store (landscape's, Lightning's ``epoch``) when every one
+    stores a different epoch, else by the step they store, else by natural file-name order
+    (``ckpt2`` before ``ckpt10``); Checkpoint objects without either keep the order given.
+    """
+    if isinstance(inputs, (str, Path, Checkpoint)):
+        inputs = [inputs]
+    if not inputs:
+        raise UserError("no checkpoints given")
+    if len(inputs) == 1 and not isinstance(inputs[0], Checkpoint) and (Path(inputs[0]) / "checkpoints").is_dir():
+        epochs, steps = run_checkpoints(inputs[0])
+        return Series(dict(sorted(epochs.items())), steps, "epoch", Path(inputs[0]))
+    loaded = [c if isinstance(c, Checkpoint) else load_checkpoint(c, state_key=opts.state_key)
+              for c in _expand(inputs)]
+    epochs = [c.epoch for c in loaded]
+    steps = [c.step for c in loaded]
+    if None not in epochs and len(set(epochs)) == len(epochs):
+        return Series(dict(sorted(zip(epochs, loaded))), {}, "epoch")  # type: ignore[arg-type]
+    if None not in steps and len(set(steps)) == len(steps):
+        ordered = [c for _, c in sorted(zip(steps, loaded), key=lambda pair: pair[0])]  # type: ignore[arg-type]
+        return Series(dict(enumerate(ordered)), {}, "position in order of the stored step")
+    return Series(dict(enumerate(loaded)), {}, "position in natural file-name order")
+
+
+def _natural_key(path: Path) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", str(path))]
+
+
+def _expand(inputs: Sequence[CheckpointLike]) -> list[CheckpointLike]:
+    """Globs and folders become their checkpoint files, sorted naturally; objects stay as given."""
+    files: list[Path] = []
+    objects: list[CheckpointLike] = []
+    for item in inputs:
+        if isinstance(item, Checkpoint):
+            objects.append(item)
+            continue
+        path = Path(item)
+        if path.is_dir():
+            found = [p for p in path.iterdir() if p.suffix in CHECKPOINT_SUFFIXES and p.is_file()]
+            runs = sorted(p.name for p in path.iterdir() if (p / "checkpoints").is_dir())
+            if not found and runs:
+                raise UserError(f"{path} is a run directory; give RUN/<optimizer>, e.g. {path / runs[0]}")
+            if not found:
+                raise UserError(f"{path}: no checkpoint files ({', '.join(CHECKPOINT_SUFFIXES)}) in this folder")
+            files += found
+        elif not path.exists() and any(ch in str(item) for ch in "*?["):
+            found = [Path(p) for p in glob.glob(str(item)) if Path(p).is_file()]
+            if not found:
+                raise UserError(f"{item}: no files match this pattern")
+            files += found
+        else:
+            files.append(path)  # a missing file is reported when it is read
+    if objects and files:
+        raise UserError("give either checkpoint files or loaded checkpoints, not both")
+    return objects or sorted(set(files), key=_natural_key)
+
+
+def pick(series: Series, wanted: Sequence[int], flag: str) -> list[CheckpointLike]:
+    missing = [e for e in wanted if e not in series.items]
     if missing:
-        have = sorted(available)
-        raise UserError(f"{flag}: no checkpoint for epoch {', '.join(map(str, missing))} "
-                        f"(this run has epochs {have[0]}..{have[-1]})")
-    return [available[e] for e in wanted]
+        have = sorted(series.items)
+        raise UserError(f"{flag}: no checkpoint at {series.units} {', '.join(map(str, missing))} "
+                        f"(these checkpoints have {have[0]}..{have[-1]})")
+    return [series.items[e] for e in wanted]

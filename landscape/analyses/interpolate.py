@@ -6,18 +6,18 @@ from pathlib import Path
 
 import numpy as np
 
-from landscape.analyses.common import AnalysisOptions, compute, load_checkpoints, make_engine, open_result, \
-    parameter_norm, vector
+from landscape.analyses.common import AnalysisOptions, CheckpointLike, compute, open_result, parameter_norm, \
+    prepare, vector
+from landscape.engine import Engine
 
 
-def interpolate(a: str | Path, b: str | Path, out: str | Path, alphas: np.ndarray,
-                opts: AnalysisOptions | None = None) -> Path:
+def interpolate(a: CheckpointLike, b: CheckpointLike, out: str | Path, alphas: np.ndarray,
+                opts: AnalysisOptions | None = None, engine: Engine | None = None) -> Path:
     """Loss and accuracy along the line through A (alpha = 0) and B (alpha = 1)."""
     opts = opts or AnalysisOptions()
-    ckpts = load_checkpoints([a, b])
-    engine = make_engine(ckpts[0], opts)
+    ckpts, engine = prepare([a, b], opts, engine)
     va, vb = vector(engine, ckpts[0]), vector(engine, ckpts[1])
-    writer = open_result(out, "interpolate", ckpts, opts, {"alpha": alphas}, ["alpha"])
+    writer = open_result(out, "interpolate", ckpts, engine, opts, {"alpha": alphas}, ["alpha"])
     if not writer.complete:
         alpha = np.asarray(alphas, dtype=np.float32)
 

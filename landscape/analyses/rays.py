@@ -8,8 +8,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from landscape.analyses.common import AnalysisOptions, compute, load_checkpoints, make_engine, open_result, vector
+from landscape.analyses.common import AnalysisOptions, CheckpointLike, compute, open_result, prepare, vector
 from landscape.directions import random_direction
+from landscape.engine import Engine
 from landscape.errors import UserError
 
 UNITS = {
@@ -19,8 +20,9 @@ UNITS = {
 }
 
 
-def rays(checkpoints: Sequence[str | Path], out: str | Path, distances: np.ndarray, n_rays: int = 10,
-         norm: str = "filter", ignore: str = "biasbn", opts: AnalysisOptions | None = None) -> Path:
+def rays(checkpoints: Sequence[CheckpointLike], out: str | Path, distances: np.ndarray, n_rays: int = 10,
+         norm: str = "filter", ignore: str = "biasbn", opts: AnalysisOptions | None = None,
+         engine: Engine | None = None) -> Path:
     """Loss at ``base_c + t d_{c,r}`` for every checkpoint c, ray r and distance t.
 
     Ray r is one Gaussian draw shared by all checkpoints; its normalization is relative to
@@ -29,10 +31,9 @@ def rays(checkpoints: Sequence[str | Path], out: str | Path, distances: np.ndarr
     opts = opts or AnalysisOptions()
     if n_rays < 1:
         raise UserError(f"--rays must be >= 1, got {n_rays}")
-    ckpts = load_checkpoints(checkpoints)
-    engine = make_engine(ckpts[0], opts)
+    ckpts, engine = prepare(checkpoints, opts, engine)
     coords = {"checkpoint": np.arange(len(ckpts)), "ray": np.arange(n_rays), "distance": distances}
-    writer = open_result(out, "rays", ckpts, opts, coords, ["checkpoint", "ray", "distance"],
+    writer = open_result(out, "rays", ckpts, engine, opts, coords, ["checkpoint", "ray", "distance"],
                          normalization=norm, identity={"ignore": ignore, "units": UNITS[norm] if norm in UNITS else norm})
     if not writer.complete:
         bases = [vector(engine, c) for c in ckpts]

@@ -8,8 +8,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from landscape.analyses.common import AnalysisOptions, compute, load_checkpoints, make_engine, open_result, \
-    pick_epochs, run_checkpoints, vector
+from landscape.analyses.common import AnalysisOptions, CheckpointLike, checkpoint_series, compute, open_result, \
+    pick, prepare, vector
+from landscape.engine import Engine
 from landscape.errors import UserError
 
 
@@ -17,26 +18,30 @@ def default_anchors(epochs: Sequence[int], count: int = 5) -> list[int]:
     """Evenly spaced epochs from the first trained epoch to the last."""
     trained = sorted(e for e in epochs if e >= 1)
     if len(trained) < 2:
-        raise UserError("segments needs at least two trained epochs in the run")
+        raise UserError("segments needs at least two trained epochs (checkpoints after the first)")
     picks = np.linspace(0, len(trained) - 1, min(count, len(trained))).round().astype(int)
     return [trained[i] for i in sorted(set(picks))]
 
 
-def segments(run_dir: str | Path, out: str | Path, anchors: Sequence[int] | None = None, points: int = 21,
-             opts: AnalysisOptions | None = None) -> Path:
-    """Loss at (1-a) theta_{e_i} + a theta_{e_{i+1}} for consecutive anchor epochs e_i."""
+def segments(checkpoints: Sequence[CheckpointLike], out: str | Path, anchors: Sequence[int] | None = None,
+             points: int = 21, opts: AnalysisOptions | None = None, engine: Engine | None = None) -> Path:
+    """Loss at (1-a) theta_{e_i} + a theta_{e_{i+1}} for consecutive anchors e_i.
+
+    ``checkpoints``: RUN/<optimizer>, a folder, files or a glob (see ``checkpoint_series``);
+    anchors are epochs, or positions when the files do not store distinct epochs.
+    """
     opts = opts or AnalysisOptions()
-    available, _ = run_checkpoints(run_dir)
-    anchors = list(anchors) if anchors else default_anchors(list(available))
-    if len(anchors) < 2:
-        raise UserError("--epochs needs at least two epochs, e.g. 1,20,40")
     if points < 2:
         raise UserError(f"--points must be >= 2, got {points}")
-    ckpts = load_checkpoints(pick_epochs(available, anchors, "--epochs"))
-    engine = make_engine(ckpts[0], opts)
+    series = checkpoint_series(checkpoints, opts)
+    anchors = list(anchors) if anchors else default_anchors(list(series.items))
+    if len(anchors) < 2:
+        raise UserError("--epochs needs at least two epochs, e.g. 1,20,40")
+    ckpts, engine = prepare(pick(series, anchors, "--epochs"), opts, engine)
     alphas = np.linspace(0.0, 1.0, points)
     coords = {"epoch": np.asarray(anchors), "segment": np.arange(len(anchors) - 1), "alpha": alphas}
-    writer = open_result(out, "segments", ckpts, opts, coords, ["segment", "alpha"])
+    writer = open_result(out, "segments", ckpts, engine, opts, coords, ["segment", "alpha"],
+                         identity={"epoch_units": series.units})
     if not writer.complete:
         vectors = [vector(engine, c) for c in ckpts]
         a32 = alphas.astype(np.float32)

@@ -50,14 +50,13 @@ from torch import nn
 
 from landscape import distributed
 from landscape.analyses import common
-from landscape.analyses.common import AnalysisOptions, load_checkpoints, make_engine, vector
+from landscape.analyses.common import AnalysisOptions, CheckpointLike, prepare, result_attrs, vector
 from landscape.checkpoint import Checkpoint, file_sha256
 from landscape.engine import Engine
 from landscape.errors import UserError
 from landscape.hessian import HVP_METHODS, Objective, gradient_noise, hutchinson, hutchpp, lanczos, \
     lanczos_tridiagonals, sgd_stability, slq_density, trace_h_sigma
-from landscape.models import build_model
-from landscape.store import ResultWriter, load_result, root_attrs
+from landscape.store import ResultWriter, load_result
 
 __all__ = ["DATASETS", "SharpnessOptions", "find_run_config", "sharpness", "summarize"]
 
@@ -390,10 +389,9 @@ class _Follower(common._Follower):
         pass
 
 
-def _open(out: str | Path, ckpts: list[Checkpoint], opts: AnalysisOptions, sopts: SharpnessOptions,
+def _open(out: str | Path, ckpts: list[Checkpoint], engine: Engine, opts: AnalysisOptions, sopts: SharpnessOptions,
           coords: dict[str, np.ndarray], dims: list[str], metrics: list[str], extra: dict[str, Any]) -> ResultWriter:
-    attrs = root_attrs(analysis="sharpness", command=opts.command, checkpoints=[str(c.path) for c in ckpts],
-                       dataset_spec=ckpts[0].data, subset=opts.subset, bn_mode=opts.bn, seed=opts.seed)
+    attrs = result_attrs("sharpness", ckpts, engine, opts)
     attrs.update(sopts.identity())
     attrs.update({k: v for k, v in extra.items() if v is not None})
 
@@ -413,7 +411,7 @@ def _open(out: str | Path, ckpts: list[Checkpoint], opts: AnalysisOptions, sopts
 
 
 def _settings(ckpt: Checkpoint, sopts: SharpnessOptions, engine: Engine) -> dict[str, Any]:
-    run = find_run_config(ckpt.path)
+    run = find_run_config(ckpt.path) if ckpt.path and Path(ckpt.path).is_file() else {}
     lr = sopts.lr if sopts.lr is not None else ckpt.lr
     batch = run.get("batch_size") if isinstance(run.get("batch_size"), int) else None
     return {
@@ -427,8 +425,8 @@ def _settings(ckpt: Checkpoint, sopts: SharpnessOptions, engine: Engine) -> dict
     }
 
 
-def sharpness(checkpoint: str | Path | None, out: str | Path, sopts: SharpnessOptions | None = None,
-              opts: AnalysisOptions | None = None) -> Path:
+def sharpness(checkpoint: CheckpointLike | None, out: str | Path, sopts: SharpnessOptions | None = None,
+              opts: AnalysisOptions | None = None, engine: Engine | None = None) -> Path:
     """Measure the sharpness of ``checkpoint`` (or, with ``sopts.along``, along a line) into ``out``."""
     sopts = sopts or SharpnessOptions()
     opts = opts or AnalysisOptions(splits=("train",))
@@ -440,30 +438,30 @@ def sharpness(checkpoint: str | Path | None, out: str | Path, sopts: SharpnessOp
         raise UserError(f"--split {','.join(opts.splits)}: sharpness measures the Hessian of one split's loss; "
                         "give --split train or --split test")
     if sopts.along:
-        return _along(Path(sopts.along), out, sopts, opts)
+        return _along(Path(sopts.along), out, sopts, opts, engine)
     if checkpoint is None:
         raise UserError("give a checkpoint (or --along line.h5)")
-    return _single(Path(checkpoint), out, sopts, opts)
+    return _single(checkpoint, out, sopts, opts, engine)
 
 
-def _prepare(ckpts: list[Checkpoint], opts: AnalysisOptions, sopts: SharpnessOptions):
-    engine = make_engine(ckpts[0], opts)
+def _prepare(inputs: list[CheckpointLike], opts: AnalysisOptions, sopts: SharpnessOptions, engine: Engine | None):
+    ckpts, engine = prepare(inputs, opts, engine)
     split = opts.splits[0]
-    model = build_model(engine.model_spec["name"], **engine.model_spec["kwargs"]).to(engine.device).eval()
+    model = engine.new_model().eval()
     data = engine.split_data(split)
     batch = sopts.hvp_batch or hvp_batch_size(model, data.x, opts.batch_size, engine.device)
     if distributed.is_distributed():
         # The same batches on every rank: the memory cap may differ between GPUs.
         batch = int(distributed.all_reduce_tensor(torch.tensor([batch]), op="min"))
-    return engine, split, model, batch
+    return ckpts, engine, split, model, batch
 
 
-def _single(path: Path, out: str | Path, sopts: SharpnessOptions, opts: AnalysisOptions) -> Path:
-    (ckpt,) = load_checkpoints([path])
-    engine, split, model, batch = _prepare([ckpt], opts, sopts)
+def _single(path: CheckpointLike, out: str | Path, sopts: SharpnessOptions, opts: AnalysisOptions,
+            engine: Engine | None) -> Path:
+    (ckpt,), engine, split, model, batch = _prepare([path], opts, sopts, engine)
     st = _settings(ckpt, sopts, engine)
     full_train = _train_size(engine, ckpt, opts) if sopts.noise else 0
-    writer = _open(out, [ckpt], opts, sopts, {}, [], ["loss", "accuracy"],
+    writer = _open(out, [ckpt], engine, opts, sopts, {}, [], ["loss", "accuracy"],
                    {"lr": st["lr"], "momentum": st["momentum"], "train_batch_size": st["train_batch_size"],
                     "split": split})
     if writer.complete:
@@ -575,16 +573,7 @@ def _single_stages(writer: ResultWriter, engine: Engine, ckpt: Checkpoint, split
 
 def _train_size(engine: Engine, ckpt: Checkpoint, opts: AnalysisOptions) -> int:
     """N of the SGD run: the full training split (not the --subset)."""
-    from landscape.data import load_dataset
-
-    spec = dict(ckpt.data)
-    key = {"mnist1d": "num_train"}.get(str(spec.get("name", "")))
-    if key and isinstance(spec.get(key), int):
-        return int(spec[key])
-    try:
-        return len(load_dataset(data_dir=opts.data_dir, device="cpu", **spec).train)
-    except UserError:
-        return engine.sizes.get("train", 0)
+    return engine.full_sizes["train"]
 
 
 def _stability(writer: ResultWriter, eig: np.ndarray, st: dict[str, Any], smallest: Any = None) -> None:
@@ -661,7 +650,8 @@ def _noise(writer: ResultWriter, obj: Objective, w: torch.Tensor, st: dict[str, 
 ALONG_METRICS_BASE = ["loss", "accuracy", "grad_norm", "lambda_max"]
 
 
-def _along(line: Path, out: str | Path, sopts: SharpnessOptions, opts: AnalysisOptions) -> Path:
+def _along(line: Path, out: str | Path, sopts: SharpnessOptions, opts: AnalysisOptions,
+           engine: Engine | None) -> Path:
     src = load_result(line)
     if src.attrs.get("analysis") != "interpolate" or "alpha" not in src.coords:
         raise UserError(f"{line}: --along takes an interpolate result (it holds a "
@@ -679,8 +669,7 @@ def _along(line: Path, out: str | Path, sopts: SharpnessOptions, opts: AnalysisO
     for p, sha in zip(resolved, src.attrs.get("checkpoint_sha256", [])):
         if file_sha256(p) != sha:
             raise UserError(f"{p} changed since {line} was computed (its sha256 differs)")
-    ckpts = load_checkpoints(resolved)
-    engine, split, model, batch = _prepare(ckpts, opts, sopts)
+    ckpts, engine, split, model, batch = _prepare(resolved, opts, sopts, engine)
     st = _settings(ckpts[0], sopts, engine)
     full_train = _train_size(engine, ckpts[0], opts) if sopts.noise else 0
     alphas = np.asarray(src.coords["alpha"], dtype=np.float64)
@@ -695,7 +684,7 @@ def _along(line: Path, out: str | Path, sopts: SharpnessOptions, opts: AnalysisO
         metrics += ["trace_sigma", "trace_h_sigma", "trace_h_sigma_stderr"]
         if st["lr"] is not None and st["train_batch_size"] is not None:
             metrics.append("sgd_lambda_max")
-    writer = _open(out, ckpts, opts, sopts, {"alpha": alphas}, ["alpha"], metrics,
+    writer = _open(out, ckpts, engine, opts, sopts, {"alpha": alphas}, ["alpha"], metrics,
                    {"lr": st["lr"], "momentum": st["momentum"], "train_batch_size": st["train_batch_size"],
                     "split": split, "along": str(line)})
     if writer.complete:

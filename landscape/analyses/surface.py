@@ -7,16 +7,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from landscape.analyses.common import AnalysisOptions, compute, load_checkpoints, make_engine, open_result, vector
+from landscape.analyses.common import AnalysisOptions, CheckpointLike, compute, open_result, prepare, vector
 from landscape.directions import gram_schmidt_plane, random_direction
+from landscape.engine import Engine
 from landscape.errors import UserError
 
 MARGIN = 0.25  # grid margin around the three models of a --through plane, as a fraction of their spread
 
 
-def surface(checkpoint: str | Path, out: str | Path, xs: np.ndarray | None = None, ys: np.ndarray | None = None,
-            through: tuple[str | Path, str | Path] | None = None, norm: str = "filter", ignore: str = "biasbn",
-            grid_points: int = 21, opts: AnalysisOptions | None = None) -> Path:
+def surface(checkpoint: CheckpointLike, out: str | Path, xs: np.ndarray | None = None, ys: np.ndarray | None = None,
+            through: tuple[CheckpointLike, CheckpointLike] | None = None, norm: str = "filter",
+            ignore: str = "biasbn", grid_points: int = 21, opts: AnalysisOptions | None = None,
+            engine: Engine | None = None) -> Path:
     """Loss on the grid ``origin + x u + y v``.
 
     Random plane: origin = CHECKPOINT, u and v two Gaussian directions normalized like
@@ -26,8 +28,7 @@ def surface(checkpoint: str | Path, out: str | Path, xs: np.ndarray | None = Non
     """
     opts = opts or AnalysisOptions()
     paths = [checkpoint, *(through or ())]
-    ckpts = load_checkpoints(paths)
-    engine = make_engine(ckpts[0], opts)
+    ckpts, engine = prepare(paths, opts, engine)
     base = vector(engine, ckpts[0])
     if through:
         params = ~engine.layout.mask("buffer").to(base.device)
@@ -56,7 +57,7 @@ def surface(checkpoint: str | Path, out: str | Path, xs: np.ndarray | None = Non
         model_xy = None
     if len(xs) < 1 or len(ys) < 1:
         raise UserError("empty grid")
-    writer = open_result(out, "surface", ckpts, opts, {"x": np.asarray(xs), "y": np.asarray(ys)}, ["y", "x"],
+    writer = open_result(out, "surface", ckpts, engine, opts, {"x": np.asarray(xs), "y": np.asarray(ys)}, ["y", "x"],
                          normalization=normalization, identity={"ignore": ignore, "units": units})
     if not writer.complete:
         x32, y32 = np.asarray(xs, np.float32), np.asarray(ys, np.float32)
@@ -70,5 +71,5 @@ def surface(checkpoint: str | Path, out: str | Path, xs: np.ndarray | None = Non
         compute(writer, engine, points, opts)
         if model_xy is not None:
             writer.put("models/coords", model_xy, {"units": units})
-            writer.put("models/names", np.array([str(p) for p in paths], dtype=object))
+            writer.put("models/names", np.array([str(c.path) for c in ckpts], dtype=object))
     return writer.finish()

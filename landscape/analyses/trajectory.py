@@ -11,9 +11,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from landscape.analyses.common import AnalysisOptions, chunk_size, compute, load_checkpoints, make_engine, open_result, \
-    run_checkpoints, vector
+from typing import Sequence
+
+from landscape.analyses.common import AnalysisOptions, CheckpointLike, checkpoint_series, chunk_size, compute, \
+    open_result, prepare, vector
 from landscape.directions import pca, time_delay
+from landscape.engine import Engine
 from landscape.errors import UserError
 
 SURFACE_MARGIN = 0.2
@@ -35,22 +38,26 @@ def layer_mask(engine, layer: str | None) -> torch.Tensor:
     return mask
 
 
-def trajectory(run_dir: str | Path, out: str | Path, layer: str | None = None, with_surface: bool = False,
-               grid_points: int = 21, center: str = "mean", opts: AnalysisOptions | None = None) -> Path:
+def trajectory(checkpoints: Sequence[CheckpointLike], out: str | Path, layer: str | None = None,
+               with_surface: bool = False, grid_points: int = 21, center: str = "mean",
+               opts: AnalysisOptions | None = None, engine: Engine | None = None) -> Path:
+    """PCA and time-delay coordinates of a run's checkpoints (RUN/<optimizer>, a folder, files or a glob)."""
     opts = opts or AnalysisOptions()
-    available, _ = run_checkpoints(run_dir)
-    epochs = sorted(available)
+    if center not in ("mean", "last"):
+        raise UserError(f"--center {center!r}: expected mean or last")
+    series = checkpoint_series(checkpoints, opts)
+    epochs = sorted(series.items)
     if len(epochs) < 3:
-        raise UserError(f"{run_dir}: a trajectory needs at least 3 epoch checkpoints, found {len(epochs)}")
-    ckpts = load_checkpoints([available[e] for e in epochs])
-    engine = make_engine(ckpts[0], opts)
-    writer = open_result(out, "trajectory", ckpts, opts, {"epoch": np.asarray(epochs)}, ["epoch"],
+        raise UserError(f"a trajectory needs at least 3 checkpoints, found {len(epochs)}")
+    ckpts, engine = prepare([series.items[e] for e in epochs], opts, engine)
+    mask = layer_mask(engine, layer)  # before any file is written: a typo costs nothing
+    writer = open_result(out, "trajectory", ckpts, engine, opts, {"epoch": np.asarray(epochs)}, ["epoch"],
                          identity={"layer": layer or "all trainable parameters", "center": center,
-                                   "surface": bool(with_surface)})
+                                   "surface": bool(with_surface), "epoch_units": series.units})
     if writer.complete:
         return writer.finish()
     vectors = torch.stack([vector(engine, c) for c in ckpts])
-    mask = layer_mask(engine, layer).to(vectors.device)
+    mask = mask.to(vectors.device)
     fit = pca(vectors[:, mask], center=center, k=2)
     d1, d2 = time_delay(vectors[:, mask])
     writer.put("pca/coords", np.asarray(fit.coords), {"units": "parameter distance along the components"})

@@ -329,7 +329,8 @@ def _run_caption(run_dir: Path) -> str:
 
 
 def report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
-    """One page for a run: training curves, a summary table, and every result file inside it."""
+    """One page for a run (training curves, a summary table) and every result file inside it; any
+    folder of result files works too."""
     run_dir = Path(run_dir)
     compare_h5 = run_dir / "compare.h5"  # `landscape compare` output: its table first
     items: list[go.Figure | str] = []
@@ -340,9 +341,12 @@ def report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> 
             items.append(figure(load_result(compare_h5)))
         except UserError as exc:
             items.append(f'<p class="error">could not draw compare.h5: {html.escape(str(exc))}</p>')
-    if not compare_h5.is_file() or _optimizer_dirs(run_dir):
+    if _optimizer_dirs(run_dir):
         items += ["<h2>Training</h2>", _summary_table(run_dir), metrics_figure(run_dir)]
     results = sorted(p for p in run_dir.rglob("*.h5") if p.is_file() and p != compare_h5)
+    if not items and not results:
+        raise UserError(f"{run_dir}: nothing to report: no run (RUN/<optimizer>/metrics.jsonl), no compare.h5 "
+                        "and no result files (.h5)")
     if results:
         from landscape.store import load_result
     for p in results:
