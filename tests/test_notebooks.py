@@ -18,10 +18,12 @@ import nbformat
 import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-NAMES = ["01_quickstart.ipynb", "02_explore_results.ipynb", "03_reproduce_figures.ipynb"]
+NAMES = ["01_quickstart.ipynb", "02_explore_results.ipynb", "03_reproduce_figures.ipynb",
+         "04_your_own_model.ipynb"]
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 # Figures each notebook shows with fig.show(), counted in its executed outputs.
-MIN_FIGURES = {"01_quickstart.ipynb": 2, "02_explore_results.ipynb": 3, "03_reproduce_figures.ipynb": 6}
+MIN_FIGURES = {"01_quickstart.ipynb": 2, "02_explore_results.ipynb": 3, "03_reproduce_figures.ipynb": 6,
+               "04_your_own_model.ipynb": 4}
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +91,9 @@ def test_notebook_runs(name, kernel_env, tmp_path):
     if name == "01_quickstart.ipynb":
         assert (work / "01_quickstart" / "interpolate.html").stat().st_size > 100_000  # plotly.js embedded
         assert (work / "01_quickstart" / "run" / "report.html").exists()
+    if name == "04_your_own_model.ipynb":  # plain state_dicts in, result files out
+        mine = work / "04_your_own_model"
+        assert all((mine / f).exists() for f in ("sgd.pt", "swa.pt", "line.h5", "rays.h5", "plane.h5"))
     if name == "03_reproduce_figures.ipynb":
         run = work / "03_reproduce_figures" / "run"
         for stem in ("swa_fig5_interpolate", "swa_fig4_rays", "phasewise_fig1_trajectory", "phasewise_fig2_segments",
