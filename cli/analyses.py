@@ -19,6 +19,9 @@ Norm = Annotated[str, typer.Option(help="Direction normalization: filter (Li et 
                                         "(unit-norm, Euclidean)")]
 Ignore = Annotated[str, typer.Option(help="biasbn: leave biases and BatchNorm parameters unperturbed; none: "
                                           "perturb them too")]
+Phase = Annotated[Optional[int], typer.Option(
+    help="Only LR phase K (1, 2, ...: runs of one learning rate, as the phase-wise paper's figures); "
+         "default: the whole run")]
 Series = Annotated[list[Path], typer.Argument(
     help="RUN/<optimizer>, a folder of checkpoint files, or the files themselves (a glob in quotes works too); "
          "ordered by the epoch or step they store, else by natural file-name order",
@@ -113,6 +116,7 @@ def segments(
         help="Anchor epochs, e.g. 1,20,40,60,80 (default: 5 evenly spaced; positions 0.. when the files store "
              "no epochs)")] = None,
     points: Annotated[int, typer.Option(help="Points per segment")] = 21,
+    phase: Phase = None,
     source: ModelAndData = ModelAndData(),
     evaluation: Evaluation = Evaluation(),
     runtime: Runtime = Runtime(),
@@ -122,16 +126,19 @@ def segments(
 
     anchors = parse_int_list(epochs, "--epochs") if epochs else None
     run_analysis("segments", source, evaluation, runtime,
-                 lambda o: run(checkpoints, out or _beside(checkpoints, "segments.h5"), anchors, points, o))
+                 lambda o: run(checkpoints, out or _beside(checkpoints, "segments.h5"), anchors, points, o,
+                               phase=phase))
 
 
 @grouped
 def twopoint(
     checkpoints: Series,
     out: Out = None,
-    ref: Annotated[Optional[int], typer.Option(help="Reference epoch (default: the last)")] = None,
+    ref: Annotated[Optional[int], typer.Option(
+        help="Reference epoch (default: the last, or the end of --phase)")] = None,
     max_epochs: Annotated[Optional[int], typer.Option(
-        help="Largest interval in epochs (default: back to the first checkpoint)")] = None,
+        help="Largest interval in epochs (default: back to the first checkpoint, or the start of --phase)")] = None,
+    phase: Phase = None,
     source: ModelAndData = ModelAndData(),
     evaluation: Evaluation = Evaluation(),
     runtime: Runtime = Runtime(),
@@ -140,18 +147,23 @@ def twopoint(
     from landscape.analyses import twopoint as run
 
     run_analysis("twopoint", source, evaluation, runtime,
-                 lambda o: run(checkpoints, out or _beside(checkpoints, "twopoint.h5"), ref, max_epochs, o))
+                 lambda o: run(checkpoints, out or _beside(checkpoints, "twopoint.h5"), ref, max_epochs, o,
+                               phase=phase))
 
 
 @grouped
 def trajectory(
     checkpoints: Series,
     out: Out = None,
-    layer: Annotated[Optional[str], typer.Option(help="PCA of one layer only (e.g. the last linear layer)")] = None,
+    layer: Annotated[Optional[str], typer.Option(
+        help="PCA of one layer only, e.g. fc; 'last' is the last linear layer (the phase-wise paper's Fig. 1)")] = None,
     with_surface: Annotated[bool, typer.Option(
         "--surface", help="Also the loss on the PCA plane around the final point")] = False,
     grid: Annotated[int, typer.Option(help="Points per axis of --surface")] = 21,
-    center: Annotated[str, typer.Option(help="PCA centering: mean or last")] = "mean",
+    center: Annotated[str, typer.Option(
+        help="PCA centering: mean, last, or loss-landscape (its recipe: components of the differences to the "
+             "final point, which sits at the origin)")] = "mean",
+    phase: Phase = None,
     source: ModelAndData = ModelAndData(),
     evaluation: Evaluation = Evaluation(),
     runtime: Runtime = Runtime(),
@@ -161,7 +173,7 @@ def trajectory(
 
     run_analysis("trajectory", source, evaluation, runtime,
                  lambda o: run(checkpoints, out or _beside(checkpoints, "trajectory.h5"), layer, with_surface,
-                               grid, center, o))
+                               grid, center, o, phase=phase))
 
 
 @grouped
@@ -199,14 +211,17 @@ EPILOGS = {
         "  landscape surface model.pt --model torchvision:resnet18 --dataset cifar10 --data-dir ~/data"),
     "segments": (
         "Examples:\n\n  landscape segments runs/x/sgd --epochs 1,5,10,15,20\n\n"
+        "  landscape segments runs/x/sgd --phase 1   (the phase-wise paper's Fig. 2: anchors in the first LR phase)\n\n"
         "  landscape segments 'ckpts/epoch*.pt' --model mymodels:net --dataset mydata:splits"),
     "twopoint": (
         "Examples:\n\n  landscape train --optimizer sgd --save-every-steps 4 --out runs/s\n\n"
         "  landscape twopoint runs/s/sgd --ref 10\n\n"
+        "  landscape twopoint runs/s/sgd --phase 1   (Fig. 3: the end of phase 1 with the points of that phase)\n\n"
         "  landscape twopoint ckpts/ --model mymodels:net --dataset mydata:splits"),
     "trajectory": (
         "Examples:\n\n  landscape trajectory runs/x/sgd\n\n"
         "  landscape trajectory runs/x/sgd --layer fc --surface --grid 25\n\n"
+        "  landscape trajectory runs/x/sgd --layer last --phase 1   (Fig. 1: one PCA per LR phase)\n\n"
         "  landscape trajectory ckpt_1.pt ckpt_2.pt ckpt_10.pt --model mymodels:net --dataset mydata:splits"),
     "wrap": (
         "Examples:\n\n"

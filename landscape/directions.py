@@ -32,6 +32,8 @@ __all__ = [
     "NORMS",
     "IGNORES",
     "random_direction",
+    "ray_directions",
+    "surface_directions",
     "random_plane",
     "RandomPlane",
     "orthogonalize",
@@ -107,9 +109,11 @@ def random_direction(
     * ``norm="none"``: the raw Gaussian.
 
     "bias" and "bn" entries (1-D biases, norm-layer affine parameters) are zero when
-    ``ignore="biasbn"``; with ``ignore="none"`` they are normalized like the rest, the whole
-    entry counting as one filter (Li et al.). "buffer" entries (BatchNorm running statistics)
-    are always zero: buffers are never perturbed.
+    ``ignore="biasbn"``; with ``ignore="none"`` a 1-D entry's direction is the entry itself
+    (d = w, as loss-landscape's ``normalize_directions_for_weights`` does: moving along it
+    rescales the entry) under ``filter``/``layer`` normalization, and the raw Gaussian under
+    ``none``; a "bn" entry of more dimensions is normalized as one filter. "buffer" entries
+    (BatchNorm running statistics) are always zero: buffers are never perturbed.
 
     Returns a float32 vector of ``layout.dim`` values on ``base``'s device. Unknown
     ``norm``/``ignore`` values raise :class:`UserError`.
@@ -131,6 +135,9 @@ def random_direction(
         if norm == "none":
             out[sl] = d[sl]
             continue
+        if role != "weight" and len(entry.shape) <= 1:  # ignore="none": loss-landscape's d = w
+            out[sl] = base[sl].float()
+            continue
         # Rows = filters: one per output channel for filter norm on a weight, else one for the entry.
         rows = int(entry.shape[0]) if (norm == "filter" and role == "weight") else 1
         dd = d[sl].reshape(rows, -1).double()
@@ -140,6 +147,36 @@ def random_direction(
         scale = torch.where(dn > 0, bn / dn.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(bn))
         out[sl] = (dd * scale).reshape(-1).float()
     return out
+
+
+def ray_directions(layout: Any, bases: Sequence[Tensor], n_rays: int, seed: int, *, norm: str = "filter",
+                   ignore: str = "biasbn") -> list[list[Tensor]]:
+    """The directions of ``landscape rays``: ``[checkpoint][ray]``.
+
+    For every base, a fresh CPU generator seeded with ``seed`` draws the rays in order with
+    :func:`random_direction`, so ray r is the same Gaussian draw for every checkpoint,
+    normalized relative to each one's own weights; with ``norm="none"`` each direction is
+    then scaled to unit Euclidean norm (distance = parameter distance).
+    """
+    out = []
+    for base in bases:
+        generator = torch.Generator().manual_seed(seed)
+        rays = []
+        for _ in range(n_rays):
+            d = random_direction(layout, base, generator, norm=norm, ignore=ignore)
+            rays.append(d / d.norm() if norm == "none" else d)
+        out.append(rays)
+    return out
+
+
+def surface_directions(layout: Any, base: Tensor, seed: int, *, norm: str = "filter",
+                       ignore: str = "biasbn") -> tuple[Tensor, Tensor]:
+    """The two directions of a random ``landscape surface``: u then v, drawn in that order
+    from one CPU generator seeded with ``seed`` (unit norm with ``norm="none"``)."""
+    generator = torch.Generator().manual_seed(seed)
+    u = random_direction(layout, base, generator, norm=norm, ignore=ignore)
+    v = random_direction(layout, base, generator, norm=norm, ignore=ignore)
+    return (u / u.norm(), v / v.norm()) if norm == "none" else (u, v)
 
 
 def cosine(a: Tensor, b: Tensor) -> float:

@@ -96,20 +96,22 @@ def test_filter_normalization(fixture, request):
     assert n_weight > 0
 
 
-def test_ignore_none_normalizes_bias_and_bn_as_one_filter(resnet):
+def test_ignore_none_uses_the_weights_themselves_for_1d_entries(resnet):
+    """loss-landscape's normalize_directions_for_weights: with ignore != 'biasbn' a 1-D
+    parameter's direction is the parameter itself (d.copy_(w))."""
     model, state, layout = resnet
     base = layout.flatten(state)
-    d = random_direction(layout, base, torch.Generator().manual_seed(2), ignore="none")
-    roles = set()
-    for e in layout.entries:
-        got = piece(d, e)
-        roles.add(e.role)
-        if e.role in ("bias", "bn"):
-            np.testing.assert_allclose(np.linalg.norm(got), np.linalg.norm(state[e.name].double().numpy()),
-                                       rtol=1e-5, err_msg=e.name)
-        elif e.role == "buffer":
-            assert not got.any(), e.name
-    assert {"weight", "bias", "bn", "buffer"} <= roles
+    for norm in ("filter", "layer"):
+        d = random_direction(layout, base, torch.Generator().manual_seed(2), norm=norm, ignore="none")
+        roles = set()
+        for e in layout.entries:
+            got = piece(d, e)
+            roles.add(e.role)
+            if e.role in ("bias", "bn"):
+                np.testing.assert_array_equal(got, state[e.name].numpy().ravel(), err_msg=e.name)
+            elif e.role == "buffer":
+                assert not got.any(), e.name
+        assert {"weight", "bias", "bn", "buffer"} <= roles
 
 
 def test_zero_base_filter_gives_zero_direction_filter(cnn1d):

@@ -9,6 +9,7 @@ each chunk as soon as it is done (so a killed run resumes), and finishes the fil
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
 import re
@@ -183,6 +184,24 @@ def vector(engine: Engine, ckpt: Checkpoint) -> torch.Tensor:
         raise UserError(f"{ckpt.path}: does not fit model {engine.model_spec['name']!r} ({exc})") from None
     except UserError as exc:
         raise UserError(f"{ckpt.path}: {exc}") from None
+
+
+DIRECTIONS_LIMIT_BYTES = 64 << 20  # directions larger than this are described, not stored
+
+
+def store_directions(writer: ResultWriter, directions: dict[str, torch.Tensor], rule: str) -> None:
+    """Store the directions of a result (float32, in the point layout of the engine), so the
+    figure can be reproduced and the points recomputed; when they would exceed
+    DIRECTIONS_LIMIT_BYTES only the exact rule that regenerates them is recorded."""
+    size = sum(d.numel() * 4 for d in directions.values())
+    if size <= DIRECTIONS_LIMIT_BYTES:
+        for name, d in directions.items():
+            writer.put(name, d.detach().float().cpu().numpy(),
+                       {"layout": "the model's floating state_dict entries flattened in order", "rule": rule})
+    else:
+        writer.put("directions/not_stored", np.array(
+            f"{size / 2**20:.0f} MiB is above the {DIRECTIONS_LIMIT_BYTES >> 20} MiB limit; regenerate exactly with "
+            f"{rule} and this file's seed", dtype=object))
 
 
 def parameter_norm(engine: Engine, v: torch.Tensor) -> float:
@@ -474,6 +493,55 @@ def _expand(inputs: Sequence[CheckpointLike]) -> list[CheckpointLike]:
     if objects and files:
         raise UserError("give either checkpoint files or loaded checkpoints, not both")
     return objects or sorted(set(files), key=_natural_key)
+
+
+def lr_phases(series: Series) -> list[list[int]]:
+    """The trained checkpoints' keys grouped into LR phases: maximal runs of one learning rate
+    (Kobayashi's "training phases"), read from RUN/<optimizer>/metrics.jsonl or from the
+    learning rate the checkpoints store."""
+    keys = sorted(k for k in series.items if k >= 1 or series.units != "epoch")
+    if series.run_dir is not None:
+        lrs = _metrics_lrs(series.run_dir / "metrics.jsonl")
+    else:
+        lrs = {k: c.lr for k, c in series.items.items() if isinstance(c, Checkpoint) and c.lr is not None}
+    missing = [k for k in keys if k not in lrs]
+    if missing:
+        raise UserError(f"--phase needs the learning rate of every checkpoint; none is known at {series.units} "
+                        f"{missing[0]} (RUN/<optimizer>/metrics.jsonl, or checkpoints that store their lr)")
+    phases: list[list[int]] = []
+    for k in keys:
+        if phases and lrs[k] == lrs[phases[-1][-1]]:
+            phases[-1].append(k)
+        else:
+            phases.append([k])
+    return phases
+
+
+def _metrics_lrs(path: Path) -> dict[int, float]:
+    lrs = {}
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return {}
+    for line in lines:
+        try:
+            row = json.loads(line)
+            lrs[int(row["epoch"])] = float(row["lr"])
+        except (ValueError, KeyError, TypeError):
+            continue  # a torn last line from a kill: the epochs before it still count
+    return lrs
+
+
+def phase_keys(series: Series, phase: int) -> tuple[list[int], int | None]:
+    """The keys of LR phase ``phase`` (1-based) and the key just before it (its starting point:
+    the initialization for phase 1 when the run has one, the previous phase's end otherwise)."""
+    phases = lr_phases(series)
+    if not 1 <= phase <= len(phases):
+        raise UserError(f"--phase {phase}: these checkpoints have {len(phases)} LR phase"
+                        f"{'s' if len(phases) != 1 else ''} (runs of one learning rate)")
+    keys = phases[phase - 1]
+    before = [k for k in series.items if k < keys[0]]
+    return keys, (max(before) if before else None)
 
 
 def pick(series: Series, wanted: Sequence[int], flag: str) -> list[CheckpointLike]:

@@ -8,8 +8,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from landscape.analyses.common import AnalysisOptions, CheckpointLike, compute, open_result, prepare, vector
-from landscape.directions import random_direction
+from landscape.analyses.common import AnalysisOptions, CheckpointLike, compute, open_result, prepare, \
+    store_directions, vector
+from landscape.directions import ray_directions
 from landscape.engine import Engine
 from landscape.errors import UserError
 
@@ -26,7 +27,9 @@ def rays(checkpoints: Sequence[CheckpointLike], out: str | Path, distances: np.n
     """Loss at ``base_c + t d_{c,r}`` for every checkpoint c, ray r and distance t.
 
     Ray r is one Gaussian draw shared by all checkpoints; its normalization is relative to
-    each checkpoint's own weights (filter/layer) or a unit vector (none).
+    each checkpoint's own weights (filter/layer) or a unit vector (none). The directions are
+    stored as ``directions/rays`` (checkpoint, ray, dim) when they fit the storage limit,
+    else the rule that regenerates them exactly (:func:`landscape.directions.ray_directions`).
     """
     opts = opts or AnalysisOptions()
     if n_rays < 1:
@@ -37,16 +40,9 @@ def rays(checkpoints: Sequence[CheckpointLike], out: str | Path, distances: np.n
                          normalization=norm, identity={"ignore": ignore, "units": UNITS[norm] if norm in UNITS else norm})
     if not writer.complete:
         bases = [vector(engine, c) for c in ckpts]
-        directions = []
-        for base in bases:
-            generator = torch.Generator().manual_seed(opts.seed)  # same draws for every checkpoint
-            per_base = []
-            for _ in range(n_rays):
-                d = random_direction(engine.layout, base, generator, norm=norm, ignore=ignore)
-                if norm == "none":
-                    d = d / d.norm()
-                per_base.append(d)
-            directions.append(per_base)
+        directions = ray_directions(engine.layout, bases, n_rays, opts.seed, norm=norm, ignore=ignore)
+        store_directions(writer, {"directions/rays": torch.stack([torch.stack(d) for d in directions])},
+                         "landscape.directions.ray_directions(layout, bases, rays, seed, norm=..., ignore=...)")
         t = np.asarray(distances, dtype=np.float32)
         shape = writer.shape
 

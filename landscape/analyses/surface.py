@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from landscape.analyses.common import AnalysisOptions, CheckpointLike, compute, open_result, prepare, vector
-from landscape.directions import gram_schmidt_plane, random_direction
+from landscape.analyses.common import AnalysisOptions, CheckpointLike, compute, open_result, prepare, \
+    store_directions, vector
+from landscape.directions import gram_schmidt_plane, surface_directions
 from landscape.engine import Engine
 from landscape.errors import UserError
 
@@ -44,11 +45,7 @@ def surface(checkpoint: CheckpointLike, out: str | Path, xs: np.ndarray | None =
         normalization = "gram-schmidt"
         units = "parameter distance (Euclidean, trainable parameters) from CHECKPOINT"
     else:
-        generator = torch.Generator().manual_seed(opts.seed)
-        u = random_direction(engine.layout, base, generator, norm=norm, ignore=ignore)
-        v = random_direction(engine.layout, base, generator, norm=norm, ignore=ignore)
-        if norm == "none":
-            u, v = u / u.norm(), v / v.norm()
+        u, v = surface_directions(engine.layout, base, opts.seed, norm=norm, ignore=ignore)
         xs = np.linspace(-1, 1, grid_points) if xs is None else xs
         ys = np.linspace(-1, 1, grid_points) if ys is None else ys
         normalization = norm
@@ -68,6 +65,9 @@ def surface(checkpoint: CheckpointLike, out: str | Path, xs: np.ndarray | None =
             cy = base.new_tensor(y32[iy])[:, None]
             return base + cx * u + cy * v
 
+        rule = ("gram_schmidt_plane(CHECKPOINT, A, B) over trainable parameters" if through else
+                "landscape.directions.surface_directions(layout, base, seed, norm=..., ignore=...)")
+        store_directions(writer, {"directions/u": u, "directions/v": v}, rule)
         compute(writer, engine, points, opts)
         if model_xy is not None:
             writer.put("models/coords", model_xy, {"units": units})

@@ -14,7 +14,7 @@ import torch
 from typing import Sequence
 
 from landscape.analyses.common import AnalysisOptions, CheckpointLike, checkpoint_series, chunk_size, compute, \
-    open_result, prepare, vector
+    open_result, phase_keys, prepare, vector
 from landscape.directions import pca, time_delay
 from landscape.engine import Engine
 from landscape.errors import UserError
@@ -22,9 +22,23 @@ from landscape.errors import UserError
 SURFACE_MARGIN = 0.2
 
 
+CENTERS = ("mean", "last", "loss-landscape")
+
+
+def last_linear(model: torch.nn.Module) -> str:
+    """The name of the model's last ``nn.Linear`` (the classifier the phase-wise paper's Fig. 1 uses)."""
+    names = [name for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    if not names:
+        raise UserError("--layer last: the model has no nn.Linear layer; name a layer")
+    return names[-1]
+
+
 def layer_mask(engine, layer: str | None) -> torch.Tensor:
-    """Trainable parameters, or just those of one layer (`fc` matches fc.weight and fc.bias)."""
+    """Trainable parameters, or just those of one layer (`fc` matches fc.weight and fc.bias;
+    `last` is the last nn.Linear)."""
     entries = engine.layout.entries
+    if layer == "last":
+        layer = last_linear(engine.model)
     if layer is None:
         mask = ~engine.layout.mask("buffer")
     else:
@@ -40,25 +54,39 @@ def layer_mask(engine, layer: str | None) -> torch.Tensor:
 
 def trajectory(checkpoints: Sequence[CheckpointLike], out: str | Path, layer: str | None = None,
                with_surface: bool = False, grid_points: int = 21, center: str = "mean",
-               opts: AnalysisOptions | None = None, engine: Engine | None = None) -> Path:
-    """PCA and time-delay coordinates of a run's checkpoints (RUN/<optimizer>, a folder, files or a glob)."""
+               opts: AnalysisOptions | None = None, engine: Engine | None = None, phase: int | None = None) -> Path:
+    """PCA and time-delay coordinates of a run's checkpoints (RUN/<optimizer>, a folder, files or a glob).
+
+    ``phase``: only LR phase ``phase`` (1-based), from the point it started at (the paper's
+    Fig. 1 b-d is one PCA per phase of the last FC layer: ``layer="last"``). ``center``:
+    ``mean`` (PCA of the mean-centered points), ``last`` (centered on the final point), or
+    ``loss-landscape`` (as its setup_PCA_directions and project_trajectory: the components of
+    the mean-centered differences to the final point, coordinates of each difference, so the
+    final point is at the origin).
+    """
     opts = opts or AnalysisOptions()
-    if center not in ("mean", "last"):
-        raise UserError(f"--center {center!r}: expected mean or last")
+    if center not in CENTERS:
+        raise UserError(f"--center {center!r}: expected {', '.join(CENTERS)}")
     series = checkpoint_series(checkpoints, opts)
     epochs = sorted(series.items)
+    if phase is not None:
+        keys, before = phase_keys(series, phase)
+        epochs = ([before] if before is not None else []) + keys
     if len(epochs) < 3:
         raise UserError(f"a trajectory needs at least 3 checkpoints, found {len(epochs)}")
     ckpts, engine = prepare([series.items[e] for e in epochs], opts, engine)
     mask = layer_mask(engine, layer)  # before any file is written: a typo costs nothing
+    layer_name = last_linear(engine.model) if layer == "last" else layer
     writer = open_result(out, "trajectory", ckpts, engine, opts, {"epoch": np.asarray(epochs)}, ["epoch"],
-                         identity={"layer": layer or "all trainable parameters", "center": center,
-                                   "surface": bool(with_surface), "epoch_units": series.units})
+                         identity={"layer": layer_name or "all trainable parameters", "center": center,
+                                   "surface": bool(with_surface), "epoch_units": series.units, "phase": phase})
     if writer.complete:
         return writer.finish()
     vectors = torch.stack([vector(engine, c) for c in ckpts])
     mask = mask.to(vectors.device)
-    fit = pca(vectors[:, mask], center=center, k=2)
+    fit = pca(vectors[:, mask], center="last" if center == "last" else "mean", k=2)
+    if center == "loss-landscape":  # the same components; coordinates relative to the final point
+        fit.coords = fit.coords - fit.coords[-1]
     d1, d2 = time_delay(vectors[:, mask])
     writer.put("pca/coords", np.asarray(fit.coords), {"units": "parameter distance along the components"})
     writer.put("pca/explained_variance_ratio", np.asarray(fit.explained_variance_ratio))

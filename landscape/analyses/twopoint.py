@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from landscape.analyses.common import AnalysisOptions, CheckpointLike, Series, checkpoint_series, compute, \
-    open_result, prepare, vector
+    open_result, phase_keys, prepare, vector
 from landscape.checkpoint import Checkpoint, load_checkpoint
 from landscape.engine import Engine
 from landscape.errors import UserError
@@ -32,16 +32,25 @@ def steps_per_epoch(epochs: dict[int, Path]) -> int | None:
 
 def twopoint(checkpoints: Sequence[CheckpointLike], out: str | Path, ref: int | None = None,
              max_epochs: int | None = None, opts: AnalysisOptions | None = None,
-             engine: Engine | None = None) -> Path:
+             engine: Engine | None = None, phase: int | None = None) -> Path:
     """Loss of (theta_ref + theta_{ref-k}) / 2 for every earlier checkpoint.
 
     RUN/<optimizer>: intervals in mini-batch steps, step checkpoints inside the last epoch
     before ``ref`` and epoch checkpoints before it. A list, folder or glob of files: every
     file before ``ref`` (default the last), intervals in stored steps when every file has
-    one, else in the series' own units (epochs or positions).
+    one, else in the series' own units (epochs or positions). ``phase``: ``ref`` defaults
+    to the end of that LR phase and the intervals reach back to its start (the paper's
+    Fig. 3 is ``phase=1``: theta_80 with the points of the first phase).
     """
     opts = opts or AnalysisOptions()
     series = checkpoint_series(checkpoints, opts)
+    if phase is not None:
+        keys, before = phase_keys(series, phase)
+        ref = keys[-1] if ref is None else ref
+        if not keys[0] <= ref <= keys[-1]:
+            raise UserError(f"--ref {ref} is outside LR phase {phase} ({keys[0]}..{keys[-1]})")
+        start = before if before is not None else keys[0]
+        max_epochs = ref - start if max_epochs is None else min(max_epochs, ref - start)
     if series.run_dir is not None:
         plan = _run_plan(series, ref, max_epochs)
     else:
@@ -49,7 +58,7 @@ def twopoint(checkpoints: Sequence[CheckpointLike], out: str | Path, ref: int | 
     paths, intervals, granularity, units, identity = plan
     ckpts, engine = prepare(paths, opts, engine)
     writer = open_result(out, "twopoint", ckpts, engine, opts, {"interval": intervals}, ["interval"],
-                         identity={**identity, "interval_units": units})
+                         identity={**identity, "interval_units": units, "phase": phase})
     if not writer.complete:
         reference = vector(engine, ckpts[0])
 
