@@ -36,13 +36,22 @@ def parse_options(pairs: list[str] | None, flag: str) -> dict[str, Any]:
 
 
 def apply_runtime(runtime: Runtime) -> None:
-    """Set the thread count before any work (torch reads it once per operation)."""
-    if runtime.threads is not None:
-        if runtime.threads < 1:
-            raise UserError(f"--threads must be >= 1, got {runtime.threads}")
-        import torch
+    """Set the thread count before any work: --threads, else as many as the machine has idle
+    cores (landscape.device.default_threads), so a shared machine is not oversubscribed."""
+    import torch
 
-        torch.set_num_threads(runtime.threads)
+    from landscape.device import default_threads
+
+    if runtime.threads is not None and runtime.threads < 1:
+        raise UserError(f"--threads must be >= 1, got {runtime.threads}")
+    torch.set_num_threads(runtime.threads or default_threads())
+
+
+def threads_note() -> str:
+    import torch
+
+    n = torch.get_num_threads()
+    return f"{n} CPU thread{'s' if n != 1 else ''} (--threads)"
 
 
 def command_line() -> str:
@@ -129,7 +138,7 @@ class PointProgress:
 
 def training_table(results: list[Any], title: str) -> Table:
     """Final metrics of each optimizer of a training run."""
-    table = Table(title=title)
+    table = Table(title=title, caption=threads_note())
     # Two-line headers: the table fits an 80-column terminal.
     for column in ("optimizer", "epochs", "train\nloss", "test\nloss", "test\nacc", "averaged\ntest loss",
                    "averaged\ntest acc"):
@@ -155,6 +164,9 @@ def result_summary(path: Path) -> dict[str, Any]:
     result = load_result(path)
     summary: dict[str, Any] = {"file": str(path), "analysis": result.attrs.get("analysis"),
                                "points": int(np.prod(result.done.shape)), "splits": {}}
+    import torch
+
+    summary["threads"] = torch.get_num_threads()
     for split, metrics in result.metrics.items():
         loss, acc = metrics["loss"], metrics["accuracy"]
         finite = np.isfinite(loss)
@@ -172,7 +184,7 @@ def report_result(path: Path, as_json: bool) -> None:
     if as_json:
         print(json.dumps(summary, indent=2))
         return
-    table = Table(title=f"landscape {summary['analysis']} -> {path}")
+    table = Table(title=f"landscape {summary['analysis']} -> {path}", caption=threads_note())
     for column in ("split", "points", "min loss", "max loss", "best acc", "diverged (NaN/inf)"):
         table.add_column(column, justify="left" if column == "split" else "right")
     for split, s in summary["splits"].items():

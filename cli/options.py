@@ -56,7 +56,8 @@ class Runtime:
 
     device: Annotated[str, typer.Option(help="auto (cuda when available), cpu or cuda")] = "auto"
     threads: Annotated[Optional[int], typer.Option(
-        help="CPU threads for torch (default: torch's choice)")] = None
+        help="CPU threads for torch (default: the physical cores not busy with other work right now, at "
+             "least 1: more threads than idle cores make CPU work several times slower)")] = None
 
 
 @dataclasses.dataclass

@@ -12,10 +12,9 @@ import pytest
 SMALL = ["--data-option", "num_train=256", "--data-option", "num_test=128", "--device", "cpu"]
 
 
-def landscape(*args: str, cwd=None) -> subprocess.CompletedProcess:
+def landscape(*args: str, cwd=None, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True,
-                          cwd=cwd, env={**os.environ, "COLUMNS": "200"},
-                          timeout=300)
+                          cwd=cwd, env={**os.environ, "COLUMNS": "200"}, timeout=timeout)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
@@ -136,8 +135,10 @@ def test_demo_end_to_end(tmp_path):
     import numpy as np
 
     out, report = tmp_path / "demo", tmp_path / "report.html"
+    # 1-2 minutes on 2 idle cores; the limit leaves room for a machine busy with other work
+    # (the default --threads then takes the idle cores only) and still catches a hang.
     result = landscape("demo", "--epochs", "3", "--device", "cpu", "--out", str(out), "--report", str(report),
-                       "--json")
+                       "--json", timeout=900)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["report"] == str(report) and summary["training"]["swa"]["epoch"] == 3

@@ -1,0 +1,43 @@
+"""Threads: --threads is applied, and the default never oversubscribes a busy machine."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from landscape import device
+from tests.test_cli import SMALL, assert_one_line_error, landscape
+
+
+@pytest.mark.parametrize("cores,busy,world,want", [(4, 0.2, 1, 4), (4, 1.4, 1, 3), (2, 1.0, 1, 1), (2, 5.0, 1, 1),
+                                                    (8, 0.0, 2, 4)])
+def test_default_threads_leave_busy_cores_alone(monkeypatch, cores, busy, world, want):
+    monkeypatch.setattr(device, "_usable_cores", lambda: cores)
+    monkeypatch.setattr(device, "_busy_cores", lambda seconds: busy)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(world))
+    assert device.default_threads() == want
+
+
+def test_busy_cores_sees_a_spinning_process():
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        assert device._busy_cores(0.5) >= 0.8  # at least the spinner's core (plus whatever else runs)
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
+def test_threads_option_is_applied_and_reported(tmp_path):
+    run = tmp_path / "run"
+    result = landscape("train", "--epochs", "1", *SMALL, "--out", str(run), "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    assert "1 CPU thread" in result.stdout
+    result = landscape("interpolate", str(run / "sgd" / "checkpoints" / "epoch_0000.pt"), str(run / "sgd" / "final.pt"),
+                       "--points", "3", "--range", "0:1", "--threads", "1", "--device", "cpu", "-o",
+                       str(tmp_path / "l.h5"), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["threads"] == 1
+    assert_one_line_error(landscape("interpolate", "a.pt", "b.pt", "--threads", "0"), "--threads")
