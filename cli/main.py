@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Annotated
 
 import typer
 
@@ -25,6 +26,29 @@ app = typer.Typer(
 )
 for module in (train, analyses, sharpness, compare, render):
     module.register(app)
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        from importlib.metadata import PackageNotFoundError, version
+
+        import landscape
+
+        def of(package: str) -> str:
+            try:
+                return version(package)
+            except PackageNotFoundError:
+                return "not installed"
+
+        print(f"landscape {landscape.__version__} (torch {of('torch')}, torchvision {of('torchvision')}, "
+              f"python {sys.version.split()[0]})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option(
+        "--version", callback=_print_version, is_eager=True, help="Print the versions and exit")] = False) -> None:
+    """Train with flat-minima optimizers and measure the loss landscape around and between solutions."""
 
 
 class _NoteHandler(logging.Handler):

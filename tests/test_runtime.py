@@ -10,6 +10,7 @@ import pytest
 
 from landscape import device
 from tests.test_cli import SMALL, assert_one_line_error, landscape
+from tests.test_cli import landscape as landscape_cli
 
 
 @pytest.mark.parametrize("cores,busy,world,want", [(4, 0.2, 1, 4), (4, 1.4, 1, 3), (2, 1.0, 1, 1), (2, 5.0, 1, 1),
@@ -41,3 +42,13 @@ def test_threads_option_is_applied_and_reported(tmp_path):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["threads"] == 1
     assert_one_line_error(landscape("interpolate", "a.pt", "b.pt", "--threads", "0"), "--threads")
+
+
+def test_version():
+    from importlib.metadata import version
+
+    import landscape
+
+    result = landscape_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.startswith(f"landscape {landscape.__version__} (torch {version('torch')}")
