@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+    TimeRemainingColumn
 from rich.table import Table
 
 from cli.options import Evaluation, ModelAndData, Runtime
@@ -74,63 +76,79 @@ def analysis_options(source: ModelAndData, evaluation: Evaluation, runtime: Runt
         state_key=source.state_key)
 
 
-class TrainProgress:
-    """A rich progress bar fed by the trainer's hook; invisible when stdout is not a TTY."""
+class _Bar:
+    """A rich progress bar on a terminal; elsewhere (a pipe, a log file, CI) a plain line every
+    LOG_SECONDS, so long work is never silent."""
+
+    LOG_SECONDS = 10.0
+
+    def __init__(self, console: Console, *columns: Any):
+        self.console = console
+        self.live = console.is_terminal
+        self.progress = Progress(*columns, BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                 TextColumn("eta"), TimeRemainingColumn(), console=console, disable=not self.live)
+        self.started = time.monotonic()
+        self.logged = self.started
+
+    def __enter__(self) -> "_Bar":
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.progress.__exit__(*exc)
+
+    def log(self, what: str, done: int, total: int, force: bool = False) -> None:
+        """The plain line: ``what done/total, elapsed, about N s left`` (rate since the start)."""
+        now = time.monotonic()
+        if self.live or (not force and now - self.logged < self.LOG_SECONDS):
+            return
+        self.logged = now
+        elapsed = now - self.started
+        left = f", about {elapsed / done * (total - done):.0f} s left" if 0 < done < total else ""
+        self.console.print(f"{what} {done}/{total}, {elapsed:.0f} s{left}", markup=False, highlight=False)
+
+
+class TrainProgress(_Bar):
+    """Training progress fed by the trainer's events: one bar per optimizer over its steps."""
 
     def __init__(self, console: Console):
-        self.progress = Progress(
-            TextColumn("[bold]{task.fields[optimizer]:>9}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}  loss {task.fields[loss]}  lr {task.fields[lr]}"),
-            TimeElapsedColumn(),
-            console=console,
-            disable=not console.is_terminal,
-            transient=False,
-        )
+        super().__init__(console, TextColumn("{task.fields[optimizer]:>9}"),
+                         TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}  loss {task.fields[loss]}  "
+                                    "lr {task.fields[lr]}"))
         self.tasks: dict[str, Any] = {}
 
-    def __enter__(self) -> "TrainProgress":
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.progress.__exit__(*exc)
-
     def __call__(self, event: dict[str, Any]) -> None:
-        if self.progress.disable:
-            return
         name = event["optimizer"]
+        if "epoch_done" in event:
+            m = event.get("metrics", {})
+            acc = f", test acc {100 * m['test_acc']:.2f}%" if isinstance(m.get("test_acc"), float) else ""
+            self.log(f"{name}: epoch", event["epoch_done"], event["epochs"], force=True)
+            if not self.live and acc:
+                self.console.print(f"{name}: epoch {event['epoch_done']}{acc}", markup=False, highlight=False)
+            return
+        if "batch" not in event:
+            return
+        done = (event["epoch"] - 1) * event["batches"] + event["batch"]
+        total = event["epochs"] * event["batches"]
+        self.log(f"{name}: step", done, total)
         if name not in self.tasks:
-            total = event["epochs"] * event.get("batches", 1)
             self.tasks[name] = self.progress.add_task("", total=total, optimizer=name, epoch=0,
                                                       epochs=event["epochs"], loss="-", lr="-")
-        task = self.tasks[name]
-        if "batch" in event:
-            done = (event["epoch"] - 1) * event["batches"] + event["batch"]
-            fields = {"epoch": event["epoch"]}
-            if event["batch"] % 10 == 0 or event["batch"] == event["batches"]:
-                fields.update(loss=f"{event['loss'].item():.4f}", lr=f"{event['lr']:.4g}")
-            self.progress.update(task, completed=done, **fields)
+        fields = {"epoch": event["epoch"]}
+        if event["batch"] % 10 == 0 or event["batch"] == event["batches"]:
+            fields.update(loss=f"{float(event['loss']):.4f}", lr=f"{event['lr']:.4g}")
+        self.progress.update(self.tasks[name], completed=done, total=total, **fields)
 
 
-class PointProgress:
-    """A rich progress bar over evaluated points; invisible when stdout is not a TTY."""
+class PointProgress(_Bar):
+    """Progress over evaluated points (or another unit: Lanczos steps, probes)."""
 
-    def __init__(self, label: str, console: Console):
-        self.progress = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("points"), TimeElapsedColumn(), console=console,
-                                 disable=not console.is_terminal)
-        self.task = None
-
-    def __enter__(self) -> "PointProgress":
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.progress.__exit__(*exc)
+    def __init__(self, label: str, console: Console, unit: str = "points"):
+        super().__init__(console, TextColumn(label.replace("[", "\\["), style="bold"), TextColumn(unit))
+        self.label, self.unit, self.task = label, unit, None
 
     def __call__(self, done: int, total: int) -> None:
+        self.log(f"{self.label}: {self.unit}", done, total, force=done >= total)
         if self.task is None:
             self.task = self.progress.add_task("", total=total)
         self.progress.update(self.task, completed=done, total=total)

@@ -52,3 +52,23 @@ def test_version():
     result = landscape_cli("--version")
     assert result.returncode == 0
     assert result.stdout.startswith(f"landscape {landscape.__version__} (torch {version('torch')}")
+
+
+def test_progress_moves_point_by_point_and_logs_without_a_tty(tmp_path):
+    import numpy as np
+
+    from landscape.analyses import AnalysisOptions, interpolate
+    from landscape.train import TrainConfig, train
+
+    run = tmp_path / "run"
+    train(TrainConfig(data_options={"num_train": 128, "num_test": 64}, model_options={"channels": 4}, epochs=1,
+                      device="cpu"), run)
+    seen = []
+    interpolate(run / "sgd" / "checkpoints" / "epoch_0000.pt", run / "sgd" / "final.pt", tmp_path / "l.h5",
+                np.linspace(0, 1, 5), AnalysisOptions(device="cpu", progress=lambda d, t: seen.append((d, t))))
+    assert seen == [(i, 5) for i in range(6)]  # every point, not one jump at the end
+    # Not a terminal (a pipe here): plain lines instead of a bar, the last one at the end.
+    result = landscape("interpolate", str(run / "sgd" / "checkpoints" / "epoch_0000.pt"), str(run / "sgd" / "final.pt"),
+                       "--points", "5", "--range", "0:1", "--device", "cpu", "-o", str(tmp_path / "m.h5"))
+    assert result.returncode == 0, result.stderr
+    assert "interpolate: points 5/5" in result.stdout

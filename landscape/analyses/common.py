@@ -319,17 +319,35 @@ def compute(
     done = total - len(pending)
     if opts.progress:
         opts.progress(done, total)
-    # Points are made lazily, a chunk at a time: a 51x51 grid of a large model would
-    # not fit in memory at once. ~256 MB of point vectors per chunk.
-    step = chunk_size(engine, opts)
+    # Points are made lazily, a chunk at a time: a 51x51 grid of a large model would not fit
+    # in memory at once (~256 MB of point vectors per chunk). Inside a chunk the engine
+    # reports every point it finishes (the CPU loop scores one at a time, so this costs
+    # nothing), and finished points are written at least every WRITE_SECONDS, so progress
+    # moves and a killed run loses little.
+    step, writes = chunk_size(engine, opts), 0
     for start in range(0, len(pending), step):
         idx = pending[start : start + step]
-        results = engine.evaluate(points(idx))
-        writer.write(idx, results)
-        done += len(idx)
-        if opts.progress:
-            opts.progress(done, total)
-        _test_stop(start // step + 1)
+        vectors, finished, last_write = points(idx), [], time.monotonic()
+        for sub, results in engine.evaluate_chunks(vectors):
+            finished.append((idx[sub], results))
+            done += len(sub)
+            if time.monotonic() - last_write >= WRITE_SECONDS or sub[-1] == len(idx) - 1:
+                writer.write(*_merge(finished))
+                finished, last_write, writes = [], time.monotonic(), writes + 1
+                _test_stop(writes)
+            if opts.progress:
+                opts.progress(done, total)
+
+
+WRITE_SECONDS = 10.0
+
+
+def _merge(parts: list[tuple[np.ndarray, dict[str, dict[str, np.ndarray]]]]
+           ) -> tuple[np.ndarray, dict[str, dict[str, np.ndarray]]]:
+    """Several (indices, results) of engine chunks as one."""
+    idx = np.concatenate([i for i, _ in parts])
+    first = parts[0][1]
+    return idx, {s: {m: np.concatenate([r[s][m] for _, r in parts]) for m in first[s]} for s in first}
 
 
 def chunk_size(engine: Engine, opts: AnalysisOptions) -> int:
