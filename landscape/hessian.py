@@ -71,6 +71,7 @@ Algorithms (all take any symmetric operator ``matvec: (r, d) -> (r, d)``):
   asked, the top one's error bar excludes given thresholds (stability limits; :func:`side`);
 * :func:`hutchinson` (Rademacher) and :func:`hutchpp` (Meyer et al. 2021) traces with a
   standard error; :func:`hutchinson` also splits the estimate over parameter blocks;
+  :func:`hutchpp` can take a Lanczos run's Krylov basis as its low-rank part, for free;
 * :func:`slq_density` stochastic Lanczos quadrature (Ubaru et al. 2017; Ghorbani et al. 2019):
   Gaussian-broadened spectral density on a grid, integrating to 1;
 * gradient noise (:func:`gradient_noise`, :func:`trace_h_sigma`) from per-sample gradients
@@ -271,9 +272,8 @@ class Objective:
         interleaved rounds, best of each), keep the fastest.
 
         Each kind is tried on two samples first; one that fails (an op without a forward-mode
-        formula) is left out. Then one untimed product of each on the batch (for
-        "retained-graph" this builds the graph it keeps, a cost paid once per point), then the
-        timed rounds. The timings stay in ``self.timings``. Data parallel: the choice is made
+        formula) is left out. "retained-graph" then builds its graph on the batch, untimed (a
+        cost paid once per point, not per product), and the timed rounds follow. The timings stay in ``self.timings``. Data parallel: the choice is made
         from the mean of the processes' timings (a kind that failed anywhere is out), so every
         process picks the same kind. With a ``choice_cache`` the choice is written there.
         """
@@ -295,8 +295,8 @@ class Objective:
                 untimed = next(iter(kernels))
                 best[untimed] = 0.0
             else:
-                for f in kernels.values():
-                    f(w, v, batch)
+                if "retained-graph" in kernels:
+                    kernels["retained-graph"](w, v, batch)
                 for _ in range(2):  # two interleaved rounds, best of each: robust to a drifting load
                     for name, f in kernels.items():
                         _sync(w.device)
@@ -671,6 +671,8 @@ class LanczosResult:
     tol: float
     vectors: Tensor | None = None  # (k, d) Ritz vectors of `eigenvalues` when asked
     roundoff: float = 0.0
+    basis: Tensor | None = None  # (steps, d) orthonormal Krylov basis Q when asked (return_basis)
+    basis_trace: float = math.nan  # tr(Q^T H Q) = tr(T), the sum of the alphas: no product needed
 
     @property
     def errors(self) -> np.ndarray:
@@ -709,6 +711,7 @@ def lanczos(
     device: Any = None,
     start: Tensor | None = None,
     return_vectors: bool = False,
+    return_basis: bool = False,
     basis_device: Any = None,
     separate: Sequence[float] = (),
 ) -> LanczosResult:
@@ -733,7 +736,8 @@ def lanczos(
       ``max_steps`` allow (:func:`side` then says which way; None when they did not).
 
     An exactly repeated eigenvalue is found once (one Krylov vector per eigenspace; block
-    Lanczos would be needed for its multiplicity).
+    Lanczos would be needed for its multiplicity). ``return_basis`` keeps the orthonormal
+    Krylov basis and ``tr(T)``: :func:`hutchpp` can deflate with it for free.
     """
     dim, dtype, device = _attrs(matvec, dim, dtype, device)
     if k < 1 or k > dim:
@@ -766,7 +770,7 @@ def lanczos(
             ok = ok and bool(np.all(res[top] < gaps[top]))
         return ok and all(side(theta[-1], max(res[-1], floor), limit) is not None for limit in separate)
 
-    (run,) = lanczos_tridiagonals(matvec, start, steps, keep_basis=return_vectors,
+    (run,) = lanczos_tridiagonals(matvec, start, steps, keep_basis=return_vectors or return_basis,
                                   restart_generator=generator, stop=lambda rs: converged(rs[0]),
                                   basis_device=basis_device)
     theta, s, res, floor = status(run)
@@ -781,7 +785,7 @@ def lanczos(
     done = run.steps >= dim or converged(run)
     return LanczosResult(theta[top], res[top], theta[low] if low is not None else None,
                          res[low] if low is not None else None, theta, run.steps, bool(done), tol, vectors,
-                         floor)
+                         floor, run.basis if return_basis else None, float(run.alpha.sum()))
 
 
 # =========================================================================== traces
@@ -860,6 +864,8 @@ def hutchpp(
     dim: int | None = None,
     dtype: torch.dtype | None = None,
     device: Any = None,
+    basis: Tensor | None = None,
+    basis_trace: float | None = None,
 ) -> TraceEstimate:
     """Hutch++ (Meyer, Musco, Musco, Woodruff 2021) with a budget of ``matvecs`` products.
 
@@ -868,6 +874,15 @@ def hutchpp(
     exact given ``Q``; the standard error is that of the second (Hutchinson on the deflated
     remainder, whose variance is what Hutch++ shrinks), so it is the error conditional on
     ``Q``, and the estimate is unbiased.
+
+    ``basis`` (b, d) orthonormal rows with ``basis_trace = tr(basis H basis^T)``, e.g. the
+    Krylov basis of the Lanczos run that found the top eigenvalues (``tr(T)``): when it has at
+    least m/3 rows it is ``Q``, and the 2m/3 products that would build the sketch are not
+    spent; the m/3 remainder probes are. The decomposition ``tr(H) = tr(Q^T H Q) +
+    tr((I - QQ^T) H (I - QQ^T))`` holds for any orthonormal Q, and this Q is independent of the
+    probes, so the estimate stays unbiased; a Krylov space that resolved the top of the
+    spectrum deflates it at least as well as the one-step sketch ``H S`` (Chen & Hallman 2023,
+    "Krylov-aware stochastic trace estimation"). ``matvecs`` then counts the probes only.
     """
     dim, dtype, device = _attrs(matvec, dim, dtype, device)
     generator = generator or torch.Generator().manual_seed(0)
@@ -879,19 +894,23 @@ def hutchpp(
     def apply(v: Tensor) -> Tensor:
         return torch.cat([matvec(v[i : i + block]).to(dtype) for i in range(0, len(v), block)])
 
-    s = rademacher((k, dim), generator, dtype, device)
-    hs = apply(s)
-    q, _ = torch.linalg.qr(hs.double().T)  # (d, k), orthonormal columns
-    q = q.T.contiguous()  # (k, d)
-    hq = apply(q.to(dtype)).double()
-    low_rank = float((q * hq).sum())
+    if basis is not None and basis_trace is not None and len(basis) >= k:
+        q, low_rank, spent, method = basis.to(device=device, dtype=torch.float64), float(basis_trace), 0, \
+            "hutch++ (Lanczos basis)"
+    else:
+        s = rademacher((k, dim), generator, dtype, device)
+        hs = apply(s)
+        q, _ = torch.linalg.qr(hs.double().T)  # (d, k), orthonormal columns
+        q = q.T.contiguous()  # (k, d)
+        hq = apply(q.to(dtype)).double()
+        low_rank, spent, method = float((q * hq).sum()), 2 * k, "hutch++"
     g = rademacher((g_count, dim), generator, torch.float64, device)
     g = g - (g @ q.T) @ q
     hg = apply(g.to(dtype)).double()
     hg = hg - (hg @ q.T) @ q
     samples = (g * hg).sum(1).cpu().numpy()
     rest, err = _mean_stderr(samples)
-    return TraceEstimate(low_rank + rest, err, "hutch++", 2 * k + g_count, samples)
+    return TraceEstimate(low_rank + rest, err, method, spent + g_count, samples)
 
 
 # =========================================================================== density

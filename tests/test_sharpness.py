@@ -120,9 +120,10 @@ def test_sharpness_matches_dense_hessian(run, tmp_path):
     np.testing.assert_allclose(r.extra["eigenvalues"], exact[::-1][:3], rtol=1e-4)
     assert exact[0] < 0  # the model has negative curvature, and it is found
     np.testing.assert_allclose(r.extra["eigenvalues_smallest"][0], exact[0], rtol=1e-4)
-    # Trace: within 3 standard errors, both methods.
+    # Trace: within 3 standard errors, both methods; Hutch++ deflated by the Lanczos basis.
     for key in ("trace", "trace_hutchinson"):
         assert abs(float(r.extra[key]) - exact.sum()) <= 3 * float(r.extra[key + "_stderr"])
+    assert r.extra_attrs["trace"]["method"] == "hutch++ (Lanczos basis)" and r.extra_attrs["trace"]["matvecs"] == 20
     # Density: on a grid covering the spectrum, integrating to 1.
     g, v = r.extra["density/grid"], r.extra["density/values"]
     assert np.trapezoid(v, g) == pytest.approx(1.0, abs=1e-4)
@@ -338,6 +339,28 @@ def test_killed_run_resumes_from_finished_stages(run, tmp_path, monkeypatch):
     # Other settings on the same file: a clear error.
     with pytest.raises(UserError, match="other settings"):
         sharpness(ckpt, tmp_path / "r.h5", SharpnessOptions(top_k=3), opts())
+
+
+def test_trace_resumed_after_the_eigenvalues_is_the_same(run, tmp_path, monkeypatch):
+    import importlib
+
+    mod = importlib.import_module("landscape.analyses.sharpness")
+    ckpt = run / "sgd" / "final.pt"
+    so = SharpnessOptions(top_k=2, trace=True, trace_probes=9, sam=False)
+    whole = load_result(sharpness(ckpt, tmp_path / "whole.h5", so, opts()))
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mod, "hutchpp", killed)
+    with pytest.raises(KeyboardInterrupt):
+        sharpness(ckpt, tmp_path / "r.h5", so, opts())
+    monkeypatch.undo()
+    # The Lanczos basis is gone with the killed process: the resumed run recomputes the same one.
+    resumed = load_result(sharpness(ckpt, tmp_path / "r.h5", so, opts()))
+    assert resumed.extra_attrs["trace"]["method"] == "hutch++ (Lanczos basis)"
+    assert float(resumed.extra["trace"]) == float(whole.extra["trace"])
+    assert float(resumed.extra["trace_stderr"]) == float(whole.extra["trace_stderr"])
 
 
 # ============================================================================ settings, CLI

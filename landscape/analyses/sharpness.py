@@ -6,7 +6,9 @@ recomputed at the point from the train split (``bn="recompute"``, as every analy
 points; ``"keep"`` uses the checkpoint's own). Everything is matrix-free (landscape.hessian):
 
 * top-k eigenvalues (Lanczos, full reorthogonalization), optionally the k smallest;
-* trace: Hutch++ and/or Hutchinson (Rademacher), each with a standard error;
+* trace: Hutch++ and/or Hutchinson (Rademacher), each with a standard error; Hutch++ takes
+  the Krylov basis of the eigenvalue stage's Lanczos run as its low-rank part (free: those
+  products are spent already), so of its budget only the remainder probes are spent;
 * spectral density by stochastic Lanczos quadrature;
 * gradient noise from per-sample gradients: ``tr(Sigma)``, ``tr(H Sigma)`` and the smoothing
   term ``(lr^2/2) tr(H Sigma_B)`` of Nitanda et al. (2024);
@@ -372,11 +374,14 @@ def _by_layer(obj: Objective, w: torch.Tensor, names: list[str], shapes: dict[st
     return out
 
 
-def _trace(op, sopts: SharpnessOptions, gen: torch.Generator, hutch=None) -> dict[str, Any]:
+def _trace(op, sopts: SharpnessOptions, gen: torch.Generator, hutch=None, krylov: Any = None) -> dict[str, Any]:
+    """``krylov``: the eigenvalue stage's Lanczos result with its basis, Hutch++'s low-rank part
+    for free (:func:`landscape.hessian.hutchpp`)."""
     out: dict[str, Any] = {}
     if sopts.trace_method in ("hutchpp", "both"):
-        est = hutchpp(op, sopts.trace_probes, generator=gen)
-        out["trace"], out["trace_stderr"], out["method"], out["matvecs"] = est.value, est.stderr, "hutch++", est.matvecs
+        est = hutchpp(op, sopts.trace_probes, generator=gen, basis=getattr(krylov, "basis", None),
+                      basis_trace=getattr(krylov, "basis_trace", None))
+        out["trace"], out["trace_stderr"], out["method"], out["matvecs"] = est.value, est.stderr, est.method, est.matvecs
     if sopts.trace_method in ("hutchinson", "both") or hutch is not None:
         est = hutch if hutch is not None else hutchinson(op, sopts.trace_probes, generator=gen)
         key = "trace" if sopts.trace_method == "hutchinson" else "trace_hutchinson"
@@ -532,12 +537,18 @@ def _single_stages(writer: ResultWriter, engine: Engine, ckpt: Checkpoint, split
     loss0, g0 = obj.value_and_grad(w)
     writer.put("grad_norm", np.float64(g0.double().norm()))
 
+    def eigen_lanczos():
+        # Lanczos goes on until lambda_max's error bar is clear of every stability limit (or
+        # its steps run out): the verdicts below are then decided, not guessed. Its Krylov
+        # basis is kept for the trace (Hutch++'s low-rank part, already paid for).
+        return lanczos(op, min(sopts.top_k, w.numel()), smallest=sopts.smallest, max_steps=sopts.lanczos_steps,
+                       tol=sopts.tol, generator=_generator(opts.seed, 1), separate=tuple(_limits(st).values()),
+                       return_basis=sopts.trace)
+
     eig = _stored(writer, "eigenvalues")
+    krylov = None
     if eig is None:
-        # Lanczos goes on until lambda_max's error bar is clear of every stability limit
-        # (or its steps run out): the verdicts below are then decided, not guessed.
-        res = lanczos(op, min(sopts.top_k, w.numel()), smallest=sopts.smallest, max_steps=sopts.lanczos_steps,
-                      tol=sopts.tol, generator=_generator(opts.seed, 1), separate=tuple(_limits(st).values()))
+        res = krylov = eigen_lanczos()
         if sopts.smallest:
             writer.put("eigenvalues_smallest", res.smallest)
             writer.put("eigenvalues_smallest_residuals", res.smallest_residuals)
@@ -560,13 +571,16 @@ def _single_stages(writer: ResultWriter, engine: Engine, ckpt: Checkpoint, split
         layer = _by_layer(obj, w, p.names, p.shapes, sopts, _generator(opts.seed, 6))
     if sopts.trace:
         if trace_value is None:
-            t = _trace(op, sopts, _generator(opts.seed, 2), hutch=(layer or {}).get("_global"))
+            if krylov is None and sopts.trace_method != "hutchinson":
+                krylov = eigen_lanczos()  # resumed past the eigenvalues: the same run, the same basis
+            t = _trace(op, sopts, _generator(opts.seed, 2), hutch=(layer or {}).get("_global"), krylov=krylov)
             for key in ("trace_hutchinson", "trace_hutchinson_stderr"):
                 if key in t:
                     writer.put(key, np.float64(t[key]))
             writer.put("trace_stderr", np.float64(t["trace_stderr"]))
             writer.put("trace", np.float64(t["trace"]), {"method": t["method"], "matvecs": t["matvecs"]})
             trace_value = t["trace"]
+        krylov = None  # the basis (steps x d) is not needed past here
         done += 1
         progress()
     if sopts.density:
@@ -796,14 +810,14 @@ def _along_points(writer: ResultWriter, engine: Engine, ckpts: list[Checkpoint],
         loss0, g0 = obj.value_and_grad(w)
         row["grad_norm"] = float(g0.double().norm())
         res = lanczos(op, k, smallest=sopts.smallest, max_steps=sopts.lanczos_steps, tol=sopts.tol,
-                      generator=_generator(opts.seed, 1))
+                      generator=_generator(opts.seed, 1), return_basis=sopts.trace)
         eigs[idx] = res.eigenvalues
         row["lambda_max"] = float(res.eigenvalues[0])
         if sopts.smallest:
             row["lambda_min"] = float(res.smallest[0])
         trace_value = None
         if sopts.trace:
-            t = _trace(op, sopts, _generator(opts.seed, 2))
+            t = _trace(op, sopts, _generator(opts.seed, 2), krylov=res)
             row["trace"], row["trace_stderr"] = t["trace"], t["trace_stderr"]
             trace_value = t["trace"]
         if sopts.sam:
