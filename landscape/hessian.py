@@ -24,8 +24,9 @@ and divided by ``n``. Four implementations, all exact to float32 round-off (they
   sized the batches.
 
 The first three rebuild the forward pass for every product; that is what makes the fourth
-cheaper when it applies (cnn1d, 1000 MNIST-1D samples, 1 thread: 140 ms against 165 ms for
-grad-of-jvp and 225 ms for double backward, a gradient being 61 ms).
+cheaper when it applies (``bench/sharpness.py --hvp-cost``, cnn1d, 1000 MNIST-1D samples in
+one batch, 1 thread, load ~3.5 on 2 cores: 1.76x a gradient, against 2.50x for grad-of-jvp,
+2.67x for double backward and 3.46x for jvp-of-grad).
 
 ``"auto"`` measures: the first product times two products of each kind (interleaved) on the
 first (full-size) batch and keeps the fastest for the objective's lifetime (a kind that fails,
@@ -273,9 +274,10 @@ class Objective:
 
         Each kind is tried on two samples first; one that fails (an op without a forward-mode
         formula) is left out. "retained-graph" then builds its graph on the batch, untimed (a
-        cost paid once per point, not per product), and the timed rounds follow. The timings stay in ``self.timings``. Data parallel: the choice is made
-        from the mean of the processes' timings (a kind that failed anywhere is out), so every
-        process picks the same kind. With a ``choice_cache`` the choice is written there.
+        cost paid once per point, not per product), and the timed rounds follow. The timings
+        stay in ``self.timings``. Data parallel: the choice is made from the mean of the
+        processes' timings (a kind that failed anywhere is out), so every process picks the
+        same kind. With a ``choice_cache`` the choice is written there.
         """
         names = list(self._kernels())
         # A process without batches has nothing to time: it adds 0 and is not counted.
@@ -682,7 +684,7 @@ class LanczosResult:
 
 def roundoff(dtype: torch.dtype, scale: float) -> float:
     """What rounding alone can move a Ritz value of an operator of norm ``scale`` computed in
-    ``dtype``: ``100 eps scale``. Hessian-vector products in float32 agree between the three
+    ``dtype``: ``100 eps scale``. Hessian-vector products in float32 agree between the
     kinds to ~5e-7 relative (1e-5 allows for accumulation over batches and the reduction);
     a residual bound below it says nothing more."""
     return 100 * torch.finfo(dtype).eps * scale
@@ -729,8 +731,8 @@ def lanczos(
       exceed the values and the gaps between them, and a Ritz value that straddles two close
       eigenvalues (residual about half their distance) passes it while the second copy has
       not appeared yet;
-    * every wanted value: ``r_i`` below the distance to the nearest other Ritz value, so
-      the reported values are distinct eigenvalues;
+    * every wanted value: ``r_i`` below the distance to the nearest other Ritz value (a
+      Ritz value inside another's error bar means the two are not resolved yet);
     * ``separate``: the top Ritz value's error bar ``max(r_1, roundoff)`` excludes each of these
       thresholds (a stability limit), so that a verdict against them is decided, if
       ``max_steps`` allow (:func:`side` then says which way; None when they did not).
