@@ -35,7 +35,7 @@ since the machine may be shared.
 3. **top-5 on resnet20, CIFAR-shaped** (``--resnet20``, minutes): our Lanczos against the
    data-loader mode (batches of 128), as in the 2026-11-22 runs of bench/RESULTS.md.
 
-    .venv/bin/python bench/sharpness.py [--samples 1000,200] [--rounds 3] [--threads N]
+    .venv/bin/python bench/sharpness.py [--samples 1000,200] [--rounds 3] [--threads N] [--device cuda]
 """
 
 from __future__ import annotations
@@ -226,10 +226,10 @@ class TopKCase:
     loads: list[str]
 
 
-def train_checkpoint(root: Path, epochs: int, seed: int) -> Path:
+def train_checkpoint(root: Path, epochs: int, seed: int, device: torch.device) -> Path:
     from landscape.train import TrainConfig, train
 
-    train(TrainConfig(epochs=epochs, seed=seed, device="cpu"), root / "run")
+    train(TrainConfig(epochs=epochs, seed=seed, device=device.type), root / "run")
     return root / "run" / "sgd" / "final.pt"
 
 
@@ -238,13 +238,16 @@ def pyhessian_side(ckpt: Path, x: torch.Tensor, y: torch.Tensor, full_batch: boo
     c = load_checkpoint(ckpt)
     model = build_model(c.model["name"], **c.model["kwargs"])
     model.load_state_dict(c.state_dict)
+    model.to(x.device)
     batches = [(x, y)] if full_batch else [(x[i : i + loader_batch], y[i : i + loader_batch])
                                            for i in range(0, len(x), loader_batch)]
     torch.manual_seed(seed)  # PyHessian draws from the global generator: the same work every round
+    sync(x.device)
     t, c0 = time.perf_counter(), time.process_time()
     base = PyHessianStyle(model, batches, full_batch=full_batch)
     eig = base.eigenvalues(top_n=5)
     tr = base.trace()
+    sync(x.device)
     wall, cpu = time.perf_counter() - t, time.process_time() - c0
     base.release()
     side.add(wall, cpu)
@@ -254,11 +257,13 @@ def pyhessian_side(ckpt: Path, x: torch.Tensor, y: torch.Tensor, full_batch: boo
     side.note = f"power iterations {base.iterations}, Hutchinson {len(tr)}"
 
 
-def ours_side(ckpt: Path, n: int, out: Path, side: Side | None) -> tuple[float, dict]:
+def ours_side(ckpt: Path, n: int, out: Path, device: torch.device, side: Side | None) -> tuple[float, dict]:
     so = SharpnessOptions(top_k=5, trace=True, sam=False)
-    opts = AnalysisOptions(splits=("train",), subset=n, device="cpu", overwrite=True)
+    opts = AnalysisOptions(splits=("train",), subset=n, device=device.type, overwrite=True)
+    sync(device)
     t, c0 = time.perf_counter(), time.process_time()
     sharpness_module.sharpness(ckpt, out, so, opts)
+    sync(device)
     wall, cpu = time.perf_counter() - t, time.process_time() - c0
     r = load_result(out)
     info = r.extra["info"]
@@ -274,23 +279,22 @@ def ours_side(ckpt: Path, n: int, out: Path, side: Side | None) -> tuple[float, 
     return wall, info
 
 
-def top_k_case(ckpt: Path, n: int, rounds: int, loader_batch: int, seed: int, reference: bool,
-               console: Console) -> TopKCase:
+def top_k_case(ckpt: Path, out: Path, n: int, rounds: int, loader_batch: int, seed: int, reference: bool,
+               device: torch.device, console: Console) -> TopKCase:
     c = load_checkpoint(ckpt)
-    data = load_dataset(**c.data)
+    data = load_dataset(**c.data, device=device)
     sub = data.train.subset(n, 0)  # what --subset n selects (AnalysisOptions.seed 0)
     x, y = sub.x.float(), sub.y
-    tmp = Path(tempfile.mkdtemp(prefix="bench-sharpness-"))
-    out = tmp / "s.h5"
     # The first run of a workload measures the HVP kinds and caches the choice: time it on its
     # own, in a fresh cache, then every timed round is a later run.
-    cold_s, info = ours_side(ckpt, n, out, None)
-    cold_note = f"measured {info['hvp_method']} ({', '.join(f'{k} {v * 1e3:.0f} ms' for k, v in info['hvp_timings_s'].items())})"
+    cold_s, info = ours_side(ckpt, n, out, device, None)
+    timings = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in info["hvp_timings_s"].items())
+    cold_note = f"measured {info['hvp_method']} ({timings})"
     console.print(f"  {n} samples, first run (measures the HVP kinds): {cold_s:.2f} s, {cold_note}")
     sides = {"ours": Side("ours: sharpness top-5 + trace"),
              "full": Side("PyHessian full-batch mode (graph built once, retain_graph)"),
              "loader": Side(f"PyHessian data-loader mode (batches of {loader_batch})")}
-    runs = {"ours": lambda: ours_side(ckpt, n, out, sides["ours"]),
+    runs = {"ours": lambda: ours_side(ckpt, n, out, device, sides["ours"]),
             "full": lambda: pyhessian_side(ckpt, x, y, True, loader_batch, seed, sides["full"]),
             "loader": lambda: pyhessian_side(ckpt, x, y, False, loader_batch, seed, sides["loader"])}
     loads = []
@@ -307,6 +311,7 @@ def top_k_case(ckpt: Path, n: int, rounds: int, loader_batch: int, seed: int, re
         c = load_checkpoint(ckpt)
         model = build_model(c.model["name"], **c.model["kwargs"])
         model.load_state_dict(c.state_dict)
+        model.to(device)
         params = {k: v.detach().clone() for k, v in model.named_parameters()}
         obj, w, _ = Objective.for_model(model, params, {}, x, y, batch_size=len(x), hvp_method="retained-graph")
         ref = np.sort(lanczos(obj.operator(w), 5, tol=1e-8, max_steps=200).eigenvalues)[::-1]
@@ -350,7 +355,8 @@ def hvp_cost(case: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, devi
     v = torch.randn(w.shape, generator=torch.Generator().manual_seed(5)).to(w)
     obj.hvp(w, v)  # "auto" measures here (no cache: an Objective made directly has none)
     auto = obj.method
-    forced = {m: Objective(obj.fn, obj.batches, hvp_method=m) for m in KINDS if obj.single_batch or m != "retained-graph"}
+    kinds = [m for m in KINDS if obj.single_batch or m != "retained-graph"]  # the kept graph needs one batch
+    forced = {m: Objective(obj.fn, obj.batches, hvp_method=m) for m in kinds}
     runs = {"grad": lambda: obj.value_and_grad(w)}
     runs.update({m: (lambda f=f: f.hvp(w, v)) for m, f in forced.items()})
     best = {name: math.inf for name in runs}
@@ -406,6 +412,7 @@ def main() -> None:
     parser.add_argument("--loader-batch", type=int, default=200, help="PyHessian data-loader batch (its example: 200)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--reference", action="store_true", help="our Lanczos at tol 1e-8 as the yardstick (untimed)")
     parser.add_argument("--hvp-cost", action="store_true", help="also the HVP cost per kind (cnn1d)")
     parser.add_argument("--hvp-samples", type=int, default=1000)
@@ -414,22 +421,24 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cpu")
+    device = torch.device(args.device)
     console = Console(width=160)
     cpu = platform.processor() or platform.machine()
-    console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs (nproc), {cpu}, "
-                  f"python {platform.python_version()}, load average {load()} (1/5/15 min)")
+    console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs (nproc), "
+                  f"{cpu}, python {platform.python_version()}, load average {load()} (1/5/15 min)")
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-sharpness-"))
-    # The analysis caches its HVP choice under the user cache dir: a fresh one here, so that
-    # the first run below measures, whatever this machine cached before.
-    sharpness_module.cache_root = lambda: tmp / "cache"
-    console.print(f"training the cnn1d checkpoint ({args.epochs} epochs) ...")
-    ckpt = train_checkpoint(tmp, args.epochs, args.seed)
-    cases = []
-    for n in [int(s) for s in args.samples.split(",") if s]:
-        console.print(f"top-5 + trace, cnn1d, {n} MNIST-1D samples, {args.rounds} interleaved rounds")
-        cases.append(top_k_case(ckpt, n, args.rounds, args.loader_batch, args.seed, args.reference, console))
+    with tempfile.TemporaryDirectory(prefix="bench-sharpness-") as tmp_dir:
+        tmp = Path(tmp_dir)
+        # The analysis caches its HVP choice under the user cache dir: a fresh one here, so
+        # that the first run below measures, whatever this machine cached before.
+        sharpness_module.cache_root = lambda: tmp / "cache"
+        console.print(f"training the cnn1d checkpoint ({args.epochs} epochs) ...")
+        ckpt = train_checkpoint(tmp, args.epochs, args.seed, device)
+        cases = []
+        for n in [int(s) for s in args.samples.split(",") if s]:
+            console.print(f"top-5 + trace, cnn1d, {n} MNIST-1D samples, {args.rounds} interleaved rounds")
+            cases.append(top_k_case(ckpt, tmp / f"sharpness_{n}.h5", n, args.rounds, args.loader_batch, args.seed,
+                                    args.reference, device, console))
 
     costs = []
     if args.hvp_cost:
@@ -462,9 +471,9 @@ def main() -> None:
         console.print(f"[bold]{case.samples} samples[/bold] (load per round: {'; '.join(case.loads)})")
         console.print(f"  first run: {case.cold_note}")
         for side in case.sides.values():
+            bar = f" +- {side.trace_stderr:.2g}" if math.isfinite(side.trace_stderr) else ""
             console.print(f"  {side.name}: lambda = {np.array2string(side.eigenvalues, precision=5)}, trace "
-                          f"{side.trace:.4g}" + (f" +- {side.trace_stderr:.2g}" if math.isfinite(side.trace_stderr) else "")
-                          + f"; {side.note}")
+                          f"{side.trace:.4g}{bar}; {side.note}")
             if case.reference is not None:
                 err = np.abs(side.eigenvalues - case.reference) / np.abs(case.reference)
                 console.print("    relative error vs Lanczos tol 1e-8: " + ", ".join(f"{e:.1e}" for e in err))
@@ -477,7 +486,8 @@ def main() -> None:
     if resnet:
         console.print(f"resnet20 top-5, {args.resnet20} images, against PyHessian's data-loader mode (batches of 128): "
                       f"ours {resnet['ours_s']:.1f} s / {resnet['ours_hvps']} HVPs ({resnet['method']}), baseline "
-                      f"{resnet['base_s']:.1f} s / {resnet['base_hvps']} HVPs, ratio {resnet['base_s'] / resnet['ours_s']:.2f}x; "
+                      f"{resnet['base_s']:.1f} s / {resnet['base_hvps']} HVPs, "
+                      f"ratio {resnet['base_s'] / resnet['ours_s']:.2f}x; "
                       f"ours {resnet['ours']}, baseline {resnet['base']}")
 
 

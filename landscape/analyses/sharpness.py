@@ -381,7 +381,7 @@ def _trace(op, sopts: SharpnessOptions, gen: torch.Generator, hutch=None, krylov
     if sopts.trace_method in ("hutchpp", "both"):
         est = hutchpp(op, sopts.trace_probes, generator=gen, basis=getattr(krylov, "basis", None),
                       basis_trace=getattr(krylov, "basis_trace", None))
-        out["trace"], out["trace_stderr"], out["method"], out["matvecs"] = est.value, est.stderr, est.method, est.matvecs
+        out.update(trace=est.value, trace_stderr=est.stderr, method=est.method, matvecs=est.matvecs)
     if sopts.trace_method in ("hutchinson", "both") or hutch is not None:
         est = hutch if hutch is not None else hutchinson(op, sopts.trace_probes, generator=gen)
         key = "trace" if sopts.trace_method == "hutchinson" else "trace_hutchinson"
