@@ -9,21 +9,35 @@ through ``torch.func.functional_call`` with BatchNorm in eval mode (its running 
 are constants of the objective; the analysis recomputes them first, as the engine does).
 
 Hessian-vector products (:meth:`Objective.hvp`) are accumulated over the batches in float64
-and divided by ``n``. Three implementations, all exact to float32 round-off (they agree to
+and divided by ``n``. Four implementations, all exact to float32 round-off (they agree to
 ~5e-7 relative):
 
 * ``"grad-of-jvp"``: reverse-over-forward, ``autograd.grad(torch.func.jvp(f, (w,), (v,))[1], w)``:
   the gradient of the directional derivative ``v . grad f``;
 * ``"jvp-of-grad"``: forward-over-reverse, ``torch.func.jvp(torch.func.grad(f), (w,), (v,))``;
 * ``"double-backward"``: ``g = autograd.grad(f, w, create_graph=True)``, then
-  ``autograd.grad(g, w, v)`` (what PyHessian does).
+  ``autograd.grad(g, w, v)`` (what PyHessian does with a data loader);
+* ``"retained-graph"``: the same, with the graph of ``g`` built once per point and kept
+  (``retain_graph=True``), so each product is one backward pass through it (what PyHessian
+  does with one batch). Only when the data is one batch (per process): keeping the graphs
+  of several batches would hold all their activations at once, past the memory cap that
+  sized the batches.
+
+The first three rebuild the forward pass for every product; that is what makes the fourth
+cheaper when it applies (``bench/sharpness.py --hvp-cost``, cnn1d, 1000 MNIST-1D samples in
+one batch, 1 thread, load ~3.5 on 2 cores: 1.76x a gradient, against 2.50x for grad-of-jvp,
+2.67x for double backward and 3.46x for jvp-of-grad).
 
 ``"auto"`` measures: the first product times two products of each kind (interleaved) on the
 first (full-size) batch and keeps the fastest for the objective's lifetime (a kind that fails,
 e.g. an op without a forward-mode formula, is left out); ``Objective.timings`` keeps the
-numbers. Measured on the development machine (2-core AMD EPYC Zen 4, torch 2.14, 2 threads,
-NCHW, best of 2-5 interleaved rounds on a quiet moment; cost as a multiple of one gradient on
-the same batch)::
+numbers. With a ``choice_cache`` (the sharpness analysis uses
+``landscape.data.cache_root() / "hvp-choice.json"``) the choice is kept per workload (model
+architecture, device, dtype, batch shape, threads, torch version) and later objectives of the
+same workload take it without measuring: the ~7 products of a measurement dominate a small
+run. Delete the file to measure again. Measured on the development machine (2-core AMD EPYC
+Zen 4, torch 2.14, 2 threads, NCHW, best of 2-5 interleaved rounds on a quiet moment; cost as
+a multiple of one gradient on the same batch; before "retained-graph" existed)::
 
     model, batch                     grad      grad-of-jvp     jvp-of-grad     double backward
     cnn1d, MNIST-1D-shaped, 256      6.5 ms    15 ms (2.29x)   22 ms (3.37x)   19 ms (2.87x)
@@ -34,26 +48,31 @@ the same batch)::
     53-parameter MLP, 6 x 7 samples  5.9 ms    -               41 ms (7x)      13 ms (2.2x)
 
 (``torch.func.grad`` around the jvp instead of ``autograd.grad``: 2.5-4.5x; ``vmap`` of
-jvp-of-grad over several tangents: slower than a loop.) Reverse-over-forward usually wins;
+jvp-of-grad over several tangents: slower than a loop; ``is_grads_batched`` through a kept
+graph: slower than a loop too.) Reverse-over-forward usually wins among the first three;
 ``torch.func``'s per-call overhead makes double backward the choice for tiny models, and on
 a loaded machine the order changes (under 3-4x oversubscription jvp-of-grad measured 1.55x
 on cnn1d), which is why "auto" measures instead of following a table. Several vectors are
 looped inside the batch loop. No GPU was available: on CUDA the same measurement decides,
-and ``bench/sharpness.py --device cuda`` reports all three.
+and ``bench/sharpness.py --device cuda`` reports all four.
 
 Data parallel: an :class:`Objective` may hold only its process's share of the batches
 (``shard``) and sum every accumulated quantity over the processes through a caller-supplied
 ``reduce`` (the sharpness analysis passes an all-reduce under torchrun); every process then
 gets the same numbers and runs the same iterations of the algorithms below. "auto" decides
-from the processes' mean timings, so all of them pick the same product.
+from the processes' mean timings, so all of them pick the same product (and uses no choice
+cache: a file one process has read and another not yet would split them).
 
 Algorithms (all take any symmetric operator ``matvec: (r, d) -> (r, d)``):
 
 * :func:`lanczos` top-k (and bottom-k) eigenvalues, full reorthogonalization (classical
   Gram-Schmidt, twice), Ritz values from ``eigh`` of the tridiagonal, stopped when the Ritz
-  residual bounds ``|beta_m s_mi|`` of the wanted values are below ``tol * max|theta|``;
+  residual bounds ``|beta_m s_mi|`` of the wanted values are below ``tol * max|theta|`` (the
+  bottom ones below ``tol * |theta_i|``) and below the gaps to their neighbours, and, when
+  asked, the top one's error bar excludes given thresholds (stability limits; :func:`side`);
 * :func:`hutchinson` (Rademacher) and :func:`hutchpp` (Meyer et al. 2021) traces with a
   standard error; :func:`hutchinson` also splits the estimate over parameter blocks;
+  :func:`hutchpp` can take a Lanczos run's Krylov basis as its low-rank part, for free;
 * :func:`slq_density` stochastic Lanczos quadrature (Ubaru et al. 2017; Ghorbani et al. 2019):
   Gaussian-broadened spectral density on a grid, integrating to 1;
 * gradient noise (:func:`gradient_noise`, :func:`trace_h_sigma`) from per-sample gradients
@@ -63,10 +82,13 @@ Algorithms (all take any symmetric operator ``matvec: (r, d) -> (r, d)``):
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -75,13 +97,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vmap
 
+from landscape.checkpoint import atomic_write_text
+
 __all__ = [
     "HVP_METHODS", "DenseOperator", "Density", "GradientNoise", "HessianOperator", "LanczosResult", "Objective",
     "SGDStability", "TraceEstimate", "TraceHSigma", "gradient_noise", "hutchinson", "hutchpp", "lanczos",
-    "lanczos_tridiagonals", "rademacher", "sgd_stability", "slq_density", "trace_h_sigma",
+    "lanczos_tridiagonals", "rademacher", "roundoff", "sgd_stability", "side", "slq_density", "trace_h_sigma",
 ]
 
-HVP_METHODS = ("auto", "grad-of-jvp", "jvp-of-grad", "double-backward")
+HVP_METHODS = ("auto", "grad-of-jvp", "jvp-of-grad", "double-backward", "retained-graph")
+CHOICE_FORMAT = "landscape-hvp-choice/1"
 Batch = tuple[Tensor, ...]
 PerSampleLoss = Callable[[Tensor, Batch], Tensor]
 MatVec = Callable[[Tensor], Tensor]
@@ -109,7 +134,8 @@ class Objective:
     """
 
     def __init__(self, fn: PerSampleLoss, batches: Sequence[Batch], *, hvp_method: str = "auto",
-                 reduce: Callable[[Tensor], Tensor] | None = None, shard: tuple[int, int] = (0, 1)):
+                 reduce: Callable[[Tensor], Tensor] | None = None, shard: tuple[int, int] = (0, 1),
+                 choice_cache: tuple[str | Path, str] | None = None):
         if hvp_method not in HVP_METHODS:
             raise ValueError(f"hvp_method must be one of {HVP_METHODS}, got {hvp_method!r}")
         rank, world = shard
@@ -122,11 +148,22 @@ class Objective:
         self.reduce, self.shard = reduce, (rank, world)
         self.batches = self.all_batches[rank::world]  # this process's share (all of them alone)
         self.n = sum(len(b[0]) for b in self.all_batches)
+        # One batch per process: its gradient graph can be kept between products ("retained-graph").
+        self.single_batch = len(self.all_batches) <= world
+        if hvp_method == "retained-graph" and not self.single_batch:
+            raise ValueError(f"hvp_method 'retained-graph' keeps the gradient graph of one batch; the data is "
+                             f"{len(self.all_batches)} batches")
         self.requested_method = hvp_method
         self._method: str | None = None if hvp_method == "auto" else hvp_method
         self.hvp_count = 0  # Hessian-vector products computed (one per vector, over all the data)
         self.grad_count = 0
         self.timings: dict[str, float] = {}  # seconds per batch product of each kind ("auto")
+        # "auto" remembers its choice in a JSON file under a key naming the workload (model,
+        # device, dtype, batch shape). Not under data parallel: every process must make the same
+        # choice, and a file one of them has not read yet would split them.
+        self.choice_cache = None if reduce is not None else choice_cache
+        self.choice_source: str | None = None  # "measured" or "cache" once "auto" has chosen
+        self._graph: tuple[Batch, Tensor, Tensor] | None = None  # retained-graph: (batch, leaf w, its gradient)
 
     def reduce_sum(self, t: Tensor) -> Tensor:
         """``t`` summed over the processes sharing the data (``t`` itself for one process)."""
@@ -138,7 +175,8 @@ class Objective:
     def for_model(cls, model: nn.Module, params: dict[str, Tensor], constants: dict[str, Tensor],
                   x: Tensor, y: Tensor, *, batch_size: int, hvp_method: str = "auto",
                   channels_last: bool = False, reduce: Callable[[Tensor], Tensor] | None = None,
-                  shard: tuple[int, int] = (0, 1)) -> tuple["Objective", Tensor, "ParamSpace"]:
+                  shard: tuple[int, int] = (0, 1),
+                  choice_cache: str | Path | None = None) -> tuple["Objective", Tensor, "ParamSpace"]:
         """Mean cross-entropy of ``model`` over ``(x, y)`` as a function of its parameters.
 
         ``params``: the trainable tensors (their values give the returned point ``w``);
@@ -146,6 +184,8 @@ class Objective:
         buffers), held fixed. The model runs in eval mode. Returns ``(objective, w, space)``
         where ``space`` maps the flat ``w`` to named tensors and back. ``reduce``/``shard``:
         data parallel, as in the class docstring (every process passes the whole ``x, y``).
+        ``choice_cache``: a JSON file where ``"auto"`` keeps its choice per (architecture,
+        device, dtype, batch shape, threads, torch version); None measures every time.
         """
         model = model.eval()
         space = ParamSpace({k: tuple(v.shape) for k, v in params.items()})
@@ -164,7 +204,10 @@ class Objective:
             if channels_last and xb.dim() == 4:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             batches.append((xb, y[start : start + batch_size]))
-        return cls(fn, batches, hvp_method=hvp_method, reduce=reduce, shard=shard), w, space
+        cache = None
+        if choice_cache is not None:
+            cache = (choice_cache, _choice_key(model, space, w, batches, shard[1]))
+        return cls(fn, batches, hvp_method=hvp_method, reduce=reduce, shard=shard, choice_cache=cache), w, space
 
     # ------------------------------------------------------------------ values and gradients
 
@@ -209,7 +252,7 @@ class Objective:
         vs = vs.to(dtype=w.dtype, device=w.device)
         out = torch.zeros(vs.shape, dtype=torch.float64, device=w.device)
         if self._method is None:
-            self._method = self._measure(w, vs[:1])
+            self._method = self._cached_choice() or self._measure(w, vs[:1])
         kernel = self._kernels()[self._method]
         for batch in self.batches:
             out += kernel(w, vs, batch)
@@ -219,17 +262,22 @@ class Objective:
         return out[0] if single else out
 
     def _kernels(self) -> dict[str, Callable[[Tensor, Tensor, Batch], Tensor]]:
-        return {"grad-of-jvp": self._hvp_grad_of_jvp, "jvp-of-grad": self._hvp_jvp,
-                "double-backward": self._hvp_double_backward}
+        kernels = {"grad-of-jvp": self._hvp_grad_of_jvp, "jvp-of-grad": self._hvp_jvp,
+                   "double-backward": self._hvp_double_backward}
+        if self.single_batch:
+            kernels["retained-graph"] = self._hvp_retained
+        return kernels
 
     def _measure(self, w: Tensor, v: Tensor) -> str:
         """``"auto"``: time products of each kind on the first (full-size) batch (two
         interleaved rounds, best of each), keep the fastest.
 
         Each kind is tried on two samples first; one that fails (an op without a forward-mode
-        formula) is left out. The timings stay in ``self.timings``. Data parallel: the choice
-        is made from the mean of the processes' timings (a kind that failed anywhere is out),
-        so every process picks the same kind.
+        formula) is left out. "retained-graph" then builds its graph on the batch, untimed (a
+        cost paid once per point, not per product), and the timed rounds follow. The timings
+        stay in ``self.timings``. Data parallel: the choice is made from the mean of the
+        processes' timings (a kind that failed anywhere is out), so every process picks the
+        same kind. With a ``choice_cache`` the choice is written there.
         """
         names = list(self._kernels())
         # A process without batches has nothing to time: it adds 0 and is not counted.
@@ -249,6 +297,8 @@ class Objective:
                 untimed = next(iter(kernels))
                 best[untimed] = 0.0
             else:
+                if "retained-graph" in kernels:
+                    kernels["retained-graph"](w, v, batch)
                 for _ in range(2):  # two interleaved rounds, best of each: robust to a drifting load
                     for name, f in kernels.items():
                         _sync(w.device)
@@ -262,7 +312,24 @@ class Objective:
             total = self.reduce(local).tolist()
             best = {n: t / total[-1] for n, t in zip(names, total[:-1])}
         self.timings.update({n: t for n, t in best.items() if n != untimed})
-        return min(best, key=best.__getitem__)
+        choice = min(best, key=best.__getitem__)
+        self.choice_source = "measured"
+        if self.choice_cache is not None:
+            _store_choice(*self.choice_cache, choice, self.timings)
+        return choice
+
+    def _cached_choice(self) -> str | None:
+        """The choice ``"auto"`` made before for the same workload (None: measure)."""
+        if self.choice_cache is None:
+            return None
+        entry = _read_choices(self.choice_cache[0]).get(self.choice_cache[1])
+        if not isinstance(entry, dict) or entry.get("method") not in self._kernels():
+            return None
+        timings = entry.get("timings")
+        if isinstance(timings, dict):
+            self.timings.update({k: float(t) for k, t in timings.items() if isinstance(t, (int, float))})
+        self.choice_source = "cache"
+        return str(entry["method"])
 
     def _hvp_jvp(self, w: Tensor, vs: Tensor, batch: Batch) -> Tensor:
         g = grad(lambda wv: self._total(wv, batch))
@@ -285,6 +352,24 @@ class Objective:
             (hv,) = torch.autograd.grad(g, wv, v, retain_graph=i < len(vs) - 1)
             out.append(hv.detach().double())
         return torch.stack(out)
+
+    def _hvp_retained(self, w: Tensor, vs: Tensor, batch: Batch) -> Tensor:
+        """Double backward through a gradient graph built once per (point, batch) and kept,
+        as PyHessian does with one batch: a product is then one backward pass through it."""
+        wv, g = self._gradient_graph(w, batch)
+        return torch.stack([torch.autograd.grad(g, wv, v, retain_graph=True)[0].double() for v in vs])
+
+    def _gradient_graph(self, w: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
+        if self._graph is None or self._graph[0] is not batch or not torch.equal(self._graph[1].detach(), w):
+            self._graph = None  # free the old graph before building the next
+            wv = w.detach().clone().requires_grad_(True)  # a copy: the caller may change w in place
+            (g,) = torch.autograd.grad(self._total(wv, batch), wv, create_graph=True)
+            self._graph = (batch, wv, g)
+        return self._graph[1], self._graph[2]
+
+    def release(self) -> None:
+        """Free the kept gradient graph ("retained-graph"); the next product rebuilds it."""
+        self._graph = None
 
     def operator(self, w: Tensor) -> "HessianOperator":
         """The Hessian at ``w`` as a symmetric operator for the algorithms below."""
@@ -368,6 +453,42 @@ class ParamSpace:
 
     def unflatten(self, w: Tensor) -> dict[str, Tensor]:
         return {n: w[s].reshape(self.shapes[n]) for n, s in self.slices.items()}
+
+
+def _choice_key(model: nn.Module, space: "ParamSpace", w: Tensor, batches: list[Batch], world: int) -> str:
+    """What decides which HVP kind is fastest: the architecture (module tree and parameter
+    shapes, hashed), device, dtype, the first batch's shape and layout, whether the data is one
+    batch (then "retained-graph" competes), intra-op threads and the torch version."""
+    arch = hashlib.sha256((repr(model) + repr(sorted(space.shapes.items()))).encode()).hexdigest()[:16]
+    device = w.device
+    where = f"cuda:{torch.cuda.get_device_name(device)}" if device.type == "cuda" else device.type
+    x = batches[0][0]
+    return json.dumps({"model": type(model).__name__, "architecture": arch, "device": where, "dtype": str(w.dtype),
+                       "batch": list(x.shape), "channels_last": bool(x.dim() == 4 and not x.is_contiguous()),
+                       "one_batch": len(batches) <= world, "threads": torch.get_num_threads(),
+                       "torch": torch.__version__}, sort_keys=True)
+
+
+def _read_choices(path: str | Path) -> dict[str, Any]:
+    """The cached choices; {} when the file is missing, unreadable or not ours (a corrupt
+    cache only costs a measurement)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("format") != CHOICE_FORMAT or not isinstance(data.get("choices"), dict):
+        return {}
+    return data["choices"]
+
+
+def _store_choice(path: str | Path, key: str, method: str, timings: dict[str, float]) -> None:
+    choices = _read_choices(path)
+    choices[key] = {"method": method, "timings": {k: v for k, v in timings.items() if math.isfinite(v)},
+                    "measured": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    try:  # a read-only cache directory costs a measurement next time, nothing else
+        atomic_write_text(path, json.dumps({"format": CHOICE_FORMAT, "choices": choices}, indent=1, sort_keys=True))
+    except OSError:
+        pass
 
 
 class HessianOperator:
@@ -537,8 +658,9 @@ class LanczosResult:
     ``eigenvalues``: the k algebraically largest, descending; ``smallest``: the k
     algebraically smallest, ascending (None unless asked); ``residuals``/``smallest_residuals``:
     Ritz residual bounds ``|beta_m s_mi|`` (each Ritz value is within that distance of an
-    eigenvalue); ``ritz_values``: every Ritz value of the last tridiagonal; ``steps``:
-    matvecs used; ``converged``: every wanted value met the tolerance.
+    eigenvalue); ``roundoff``: the error the operator's own rounding allows on any Ritz value
+    (:func:`roundoff`); ``ritz_values``: every Ritz value of the last tridiagonal; ``steps``:
+    matvecs used; ``converged``: every wanted value met its test (see :func:`lanczos`).
     """
 
     eigenvalues: np.ndarray
@@ -550,6 +672,32 @@ class LanczosResult:
     converged: bool
     tol: float
     vectors: Tensor | None = None  # (k, d) Ritz vectors of `eigenvalues` when asked
+    roundoff: float = 0.0
+    basis: Tensor | None = None  # (steps, d) orthonormal Krylov basis Q when asked (return_basis)
+    basis_trace: float = math.nan  # tr(Q^T H Q) = tr(T), the sum of the alphas: no product needed
+
+    @property
+    def errors(self) -> np.ndarray:
+        """Error bars of ``eigenvalues``: the residual bound, at least the round-off."""
+        return np.maximum(self.residuals, self.roundoff)
+
+
+def roundoff(dtype: torch.dtype, scale: float) -> float:
+    """What rounding alone can move a Ritz value of an operator of norm ``scale`` computed in
+    ``dtype``: ``100 eps scale``. Hessian-vector products in float32 agree between the
+    kinds to ~5e-7 relative (1e-5 allows for accumulation over batches and the reduction);
+    a residual bound below it says nothing more."""
+    return 100 * torch.finfo(dtype).eps * scale
+
+
+def side(value: float, error: float, limit: float) -> int | None:
+    """Where ``value +- error`` lies against ``limit``: 1 above, -1 below, None when the error
+    bar holds the limit (the comparison is undetermined at this precision)."""
+    if value - error > limit:
+        return 1
+    if value + error < limit:
+        return -1
+    return None
 
 
 def lanczos(
@@ -565,16 +713,33 @@ def lanczos(
     device: Any = None,
     start: Tensor | None = None,
     return_vectors: bool = False,
+    return_basis: bool = False,
     basis_device: Any = None,
+    separate: Sequence[float] = (),
 ) -> LanczosResult:
     """The k algebraically largest (and with ``smallest`` also the k smallest) eigenvalues.
 
     Single-vector Lanczos with full reorthogonalization; after each step the tridiagonal T
     is diagonalized (``eigh``) and the run stops once every wanted Ritz value ``theta_i``
-    has a residual bound ``|beta_m s_mi| <= tol * max|theta|`` (the eigenvalue error is at
-    most that bound, and usually its square over the gap), or after ``max_steps`` matvecs
-    (default ``min(dim, max(40, 4k + 20))``). An exactly repeated eigenvalue is found once
-    (one Krylov vector per eigenspace; block Lanczos would be needed for its multiplicity).
+    with residual bound ``r_i = |beta_m s_mi|`` (an eigenvalue lies within ``r_i`` of
+    ``theta_i``; the error is usually ``r_i^2`` over the gap) passes, or after ``max_steps``
+    matvecs (default ``min(dim, max(40, 4k + 20))``):
+
+    * top k: ``r_i <= tol * max|theta|``;
+    * bottom k (``smallest``): ``r_i <= max(tol * |theta_i|, roundoff)``, tolerance relative to
+      the value itself: the bottom of a Hessian sits near zero, where ``tol * max|theta|`` can
+      exceed the values and the gaps between them, and a Ritz value that straddles two close
+      eigenvalues (residual about half their distance) passes it while the second copy has
+      not appeared yet;
+    * every wanted value: ``r_i`` below the distance to the nearest other Ritz value (a
+      Ritz value inside another's error bar means the two are not resolved yet);
+    * ``separate``: the top Ritz value's error bar ``max(r_1, roundoff)`` excludes each of these
+      thresholds (a stability limit), so that a verdict against them is decided, if
+      ``max_steps`` allow (:func:`side` then says which way; None when they did not).
+
+    An exactly repeated eigenvalue is found once (one Krylov vector per eigenspace; block
+    Lanczos would be needed for its multiplicity). ``return_basis`` keeps the orthonormal
+    Krylov basis and ``tr(T)``: :func:`hutchpp` can deflate with it for free.
     """
     dim, dtype, device = _attrs(matvec, dim, dtype, device)
     if k < 1 or k > dim:
@@ -586,26 +751,31 @@ def lanczos(
     start = start.reshape(1, dim).to(dtype=dtype, device=device)
     min_steps = min(dim, 2 * k + 2)
 
-    def wanted(theta: np.ndarray) -> np.ndarray:
-        m = len(theta)
-        top = np.arange(m - 1, max(m - 1 - k, -1), -1)
-        if not smallest:
-            return top
-        return np.unique(np.concatenate([top, np.arange(min(k, m))]))
+    def status(t: Tridiagonal) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        theta, s = t.ritz()
+        return theta, s, np.abs(t.last_beta * s[-1]), roundoff(dtype, float(np.abs(theta).max()))
 
     def converged(t: Tridiagonal) -> bool:
         if t.steps < min_steps:
             return False
-        theta, s = t.ritz()
-        res = np.abs(t.last_beta * s[-1])
-        sel = wanted(theta)
-        return bool(np.all(res[sel] <= tol * max(np.abs(theta).max(), 1e-300)))
+        theta, _, res, floor = status(t)
+        m = len(theta)
+        scale = max(float(np.abs(theta).max()), 1e-300)
+        top = np.arange(m - 1, max(m - 1 - k, -1), -1)
+        ok = bool(np.all(res[top] <= tol * scale))
+        if smallest:
+            low = np.arange(min(k, m))
+            ok = ok and bool(np.all(res[low] <= np.maximum(tol * np.abs(theta[low]), floor)))
+            top = np.union1d(top, low)
+        if m > 1:  # theta ascending: the nearest other Ritz value is a neighbour
+            gaps = np.minimum(np.diff(theta, prepend=-np.inf), np.diff(theta, append=np.inf))
+            ok = ok and bool(np.all(res[top] < gaps[top]))
+        return ok and all(side(theta[-1], max(res[-1], floor), limit) is not None for limit in separate)
 
-    (run,) = lanczos_tridiagonals(matvec, start, steps, keep_basis=return_vectors,
+    (run,) = lanczos_tridiagonals(matvec, start, steps, keep_basis=return_vectors or return_basis,
                                   restart_generator=generator, stop=lambda rs: converged(rs[0]),
                                   basis_device=basis_device)
-    theta, s = run.ritz()
-    res = np.abs(run.last_beta * s[-1])
+    theta, s, res, floor = status(run)
     order = np.argsort(-theta)
     kk = min(k, len(theta))
     top = order[:kk]
@@ -616,7 +786,8 @@ def lanczos(
                    @ run.basis.double()).to(dtype)
     done = run.steps >= dim or converged(run)
     return LanczosResult(theta[top], res[top], theta[low] if low is not None else None,
-                         res[low] if low is not None else None, theta, run.steps, bool(done), tol, vectors)
+                         res[low] if low is not None else None, theta, run.steps, bool(done), tol, vectors,
+                         floor, run.basis if return_basis else None, float(run.alpha.sum()))
 
 
 # =========================================================================== traces
@@ -695,6 +866,8 @@ def hutchpp(
     dim: int | None = None,
     dtype: torch.dtype | None = None,
     device: Any = None,
+    basis: Tensor | None = None,
+    basis_trace: float | None = None,
 ) -> TraceEstimate:
     """Hutch++ (Meyer, Musco, Musco, Woodruff 2021) with a budget of ``matvecs`` products.
 
@@ -703,6 +876,15 @@ def hutchpp(
     exact given ``Q``; the standard error is that of the second (Hutchinson on the deflated
     remainder, whose variance is what Hutch++ shrinks), so it is the error conditional on
     ``Q``, and the estimate is unbiased.
+
+    ``basis`` (b, d) orthonormal rows with ``basis_trace = tr(basis H basis^T)``, e.g. the
+    Krylov basis of the Lanczos run that found the top eigenvalues (``tr(T)``): when it has at
+    least m/3 rows it is ``Q``, and the 2m/3 products that would build the sketch are not
+    spent; the m/3 remainder probes are. The decomposition ``tr(H) = tr(Q^T H Q) +
+    tr((I - QQ^T) H (I - QQ^T))`` holds for any orthonormal Q, and this Q is independent of the
+    probes, so the estimate stays unbiased; a Krylov space that resolved the top of the
+    spectrum deflates it at least as well as the one-step sketch ``H S`` (Chen & Hallman 2023,
+    "Krylov-aware stochastic trace estimation"). ``matvecs`` then counts the probes only.
     """
     dim, dtype, device = _attrs(matvec, dim, dtype, device)
     generator = generator or torch.Generator().manual_seed(0)
@@ -714,19 +896,23 @@ def hutchpp(
     def apply(v: Tensor) -> Tensor:
         return torch.cat([matvec(v[i : i + block]).to(dtype) for i in range(0, len(v), block)])
 
-    s = rademacher((k, dim), generator, dtype, device)
-    hs = apply(s)
-    q, _ = torch.linalg.qr(hs.double().T)  # (d, k), orthonormal columns
-    q = q.T.contiguous()  # (k, d)
-    hq = apply(q.to(dtype)).double()
-    low_rank = float((q * hq).sum())
+    if basis is not None and basis_trace is not None and len(basis) >= k:
+        q, low_rank, spent, method = basis.to(device=device, dtype=torch.float64), float(basis_trace), 0, \
+            "hutch++ (Lanczos basis)"
+    else:
+        s = rademacher((k, dim), generator, dtype, device)
+        hs = apply(s)
+        q, _ = torch.linalg.qr(hs.double().T)  # (d, k), orthonormal columns
+        q = q.T.contiguous()  # (k, d)
+        hq = apply(q.to(dtype)).double()
+        low_rank, spent, method = float((q * hq).sum()), 2 * k, "hutch++"
     g = rademacher((g_count, dim), generator, torch.float64, device)
     g = g - (g @ q.T) @ q
     hg = apply(g.to(dtype)).double()
     hg = hg - (hg @ q.T) @ q
     samples = (g * hg).sum(1).cpu().numpy()
     rest, err = _mean_stderr(samples)
-    return TraceEstimate(low_rank + rest, err, "hutch++", 2 * k + g_count, samples)
+    return TraceEstimate(low_rank + rest, err, method, spent + g_count, samples)
 
 
 # =========================================================================== density
@@ -895,7 +1081,8 @@ class SGDStability:
     """The linear-stability test of Wu, Ma & E (2018), Theorem 1, at one point.
 
     ``lambda_max_a`` = lambda_max((I - lr H)^2 + lr^2 (N - B)/(B (N - 1)) Sigma_H) with
-    ``Sigma_H = (1/n) sum_i H_i^2 - H^2``; stable when it is <= 1. ``nonuniformity`` =
+    ``Sigma_H = (1/n) sum_i H_i^2 - H^2``; stable when it is <= 1, decided only when
+    ``lambda_max_a +- error`` lies on one side of 1 (``stable`` None otherwise). ``nonuniformity`` =
     sqrt(lambda_max(Sigma_H)) (their "s"), with the necessary condition
     ``s <= sqrt(B (N - 1)/(N - B)) / lr``.
     """
@@ -904,11 +1091,12 @@ class SGDStability:
     nonuniformity: float
     nonuniformity_limit: float
     factor: float  # lr^2 (N - B)/(B (N - 1))
-    stable: bool
+    stable: bool | None  # None: lambda_max_a is within `error` of 1 (undetermined)
     samples_used: int
     matvecs: int
     curvature: float = float("nan")  # u^T H u along the top eigenvector u of the matrix: < 0 means the
     #                                  instability is negative curvature (a saddle direction), not sharpness
+    error: float = 0.0  # error bar of lambda_max_a (Ritz residual bound, at least the round-off)
 
 
 def sgd_stability(objective: Objective, w: Tensor, lr: float, batch_size: int, train_size: int, *,
@@ -929,16 +1117,27 @@ def sgd_stability(objective: Objective, w: Tensor, lr: float, batch_size: int, t
     forward-over-reverse products under vmap, so ``= mean_i H_i u_i - H_S ubar``), on ``m``
     uniformly drawn samples (all when ``samples`` is None or >= n; a subsample estimate is
     PSD and consistent but biased upwards in lambda_max). ``H`` in the first term is the
-    full objective's. lambda_max by Lanczos (tolerance ``tol``). Data parallel: each process
-    sums the per-sample products of its own samples; the sums are reduced.
+    full objective's. Data parallel: each process sums the per-sample products of its own
+    samples; the sums are reduced.
+
+    The verdict compares lambda_max with 1, and most of the matrix's spectrum sits near 1
+    (every direction of small curvature), so Lanczos on the matrix itself stops, at
+    ``tol * max|theta| ~ tol``, with a Ritz value that can be on the wrong side of 1. Lanczos
+    runs on ``A - I`` instead (the same Krylov space; the Ritz values carry the digits of
+    ``lambda_max - 1`` rather than of 1) and keeps going until the error bar of the top
+    Ritz value excludes 0 (``separate``); ``stable`` is None (undetermined) when ``max_steps``
+    ran out first.
     """
     n = objective.n
     generator = generator or torch.Generator().manual_seed(1)
     m = n if samples is None or samples >= n else int(samples)
     idx = None if m == n else torch.randperm(n, generator=generator)[:m]
     sub_batches = [b for _, b in objective.samples(idx, chunk=max(chunk, 1))]  # this process's
-    sub = Objective(objective.fn, [b for _, b, _ in objective.chunks(idx, chunk=4096)],
-                    hvp_method=objective.method, reduce=objective.reduce, shard=objective.shard)
+    sub_all = [b for _, b, _ in objective.chunks(idx, chunk=4096)]
+    method = objective.method
+    if method == "retained-graph" and len(sub_all) > objective.shard[1]:
+        method = "double-backward"  # the subsample spans several batches: no single graph to keep
+    sub = Objective(objective.fn, sub_all, hvp_method=method, reduce=objective.reduce, shard=objective.shard)
     factor = lr**2 * (train_size - batch_size) / (batch_size * (train_size - 1)) if train_size > 1 else 0.0
     count = {"mv": 0}
 
@@ -958,24 +1157,26 @@ def sgd_stability(objective: Objective, w: Tensor, lr: float, batch_size: int, t
             out.append((shu / m - sub.hvp(w, ubar).double()).to(w.dtype))
         return torch.stack(out)
 
-    def a_op(v: Tensor) -> Tensor:
+    def shifted(v: Tensor) -> Tensor:  # A - I = -2 lr H + lr^2 H^2 + factor Sigma_H
         count["mv"] += len(v)
         hv = objective.hvp(w, v)
         hhv = objective.hvp(w, hv)
-        return v - 2 * lr * hv + lr**2 * hhv + factor * sigma_h(v)
+        return -2 * lr * hv + lr**2 * hhv + factor * sigma_h(v)
 
     d, dtype, device = w.numel(), w.dtype, w.device
-    a_res = lanczos(a_op, 1, max_steps=max_steps, tol=tol, generator=generator, dim=d, dtype=dtype, device=device,
-                    return_vectors=True)
+    b_res = lanczos(shifted, 1, max_steps=max_steps, tol=tol, generator=generator, dim=d, dtype=dtype,
+                    device=device, return_vectors=True, separate=(0.0,))
     s_res = lanczos(sigma_h, 1, max_steps=max_steps, tol=tol, generator=generator, dim=d, dtype=dtype,
                     device=device)
-    lam_a = float(a_res.eigenvalues[0])
+    shift, error = float(b_res.eigenvalues[0]), float(b_res.errors[0])
+    verdict = side(shift, error, 0.0)
     curvature = float("nan")
-    if a_res.vectors is not None:
-        u = a_res.vectors[0]
+    if b_res.vectors is not None:
+        u = b_res.vectors[0]
         u = u / u.double().norm().to(u.dtype)
         curvature = float(_dot(u, objective.hvp(w, u)))
     s = math.sqrt(max(float(s_res.eigenvalues[0]), 0.0))
     limit = (math.sqrt(batch_size * (train_size - 1) / (train_size - batch_size)) / lr
              if train_size > batch_size else math.inf)
-    return SGDStability(lam_a, s, limit, factor, lam_a <= 1.0, m, count["mv"] + s_res.steps + 1, curvature)
+    return SGDStability(1.0 + shift, s, limit, factor, None if verdict is None else verdict < 0, m,
+                        count["mv"] + s_res.steps + 1, curvature, error)

@@ -8,6 +8,7 @@ Hessians of tiny models (``torch.autograd.functional.hessian``, ``torch.func.hes
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -16,8 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from landscape.hessian import DenseOperator, Objective, gradient_noise, hutchinson, hutchpp, lanczos, \
-    lanczos_tridiagonals, sgd_stability, slq_density, trace_h_sigma
+from landscape.hessian import HVP_METHODS, DenseOperator, Objective, gradient_noise, hutchinson, hutchpp, lanczos, \
+    lanczos_tridiagonals, sgd_stability, side, slq_density, trace_h_sigma
+
+KINDS = [m for m in HVP_METHODS if m != "auto"]
 
 DTYPE = torch.float64
 
@@ -50,7 +53,7 @@ def quadratic(eig: torch.Tensor, seed: int = 0) -> tuple[Objective, torch.Tensor
 # ============================================================================ quadratic
 
 
-@pytest.mark.parametrize("method", ["grad-of-jvp", "jvp-of-grad", "double-backward"])
+@pytest.mark.parametrize("method", KINDS)
 def test_hvp_of_quadratic_is_exact(method):
     obj, w, h = quadratic(spectrum())
     obj = Objective(obj.fn, obj.batches, hvp_method=method)
@@ -71,6 +74,47 @@ def test_lanczos_top_and_smallest_eigenvalues_of_quadratic():
     assert res.converged
     assert np.all(res.residuals <= 1e-10 * 50 + 1e-12)
     assert res.steps < len(eig)  # stopped on the residual bound, before the whole space
+
+
+def dense_operator(eig: torch.Tensor, seed: int = 0) -> DenseOperator:
+    gen = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(len(eig), len(eig), generator=gen, dtype=DTYPE))
+    return DenseOperator(q @ torch.diag(eig) @ q.T)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_lanczos_resolves_a_near_degenerate_pair_at_the_bottom(seed):
+    # Bottom six: -0.35, -0.3, -0.25, a pair -0.201/-0.2 (1e-3 apart), -0.15; lambda_max = 50.
+    # tol * lambda_max = 5e-3 is wider than the pair: a Ritz value sitting between the two
+    # passes it (residual ~ half their distance) before the second copy appears, and the
+    # 6th smallest (-0.15) was reported as the 5th, "converged".
+    eig = torch.cat([torch.tensor([50.0, 30.0, 20.0, 10.0, 5.0]), torch.linspace(0.05, 1.0, 150),
+                     torch.tensor([-0.35, -0.3, -0.25, -0.201, -0.2, -0.15])]).to(DTYPE)
+    exact = np.sort(eig.numpy())
+    res = lanczos(dense_operator(eig, seed), 5, smallest=True, tol=1e-4, max_steps=150,
+                  generator=torch.Generator().manual_seed(seed))
+    assert res.converged
+    np.testing.assert_allclose(res.smallest, exact[:5], rtol=1e-4)
+    np.testing.assert_allclose(res.eigenvalues, exact[::-1][:5], rtol=1e-4)
+    # Each bottom value is resolved relative to itself, not to lambda_max.
+    assert np.all(res.smallest_residuals <= 1e-4 * np.abs(res.smallest))
+
+
+def test_lanczos_separates_the_top_value_from_a_threshold():
+    # lambda_max = 10 + 2e-4, just above a limit of 10: the plain tolerance (tol * 10 = 1e-3)
+    # stops with an error bar that holds the limit; `separate` keeps going until it does not.
+    eig = torch.cat([torch.tensor([10.0002, 9.99, 9.98]), torch.linspace(-1.0, 9.0, 80)]).to(DTYPE)
+    op = dense_operator(eig, 3)
+    plain = lanczos(op, 1, tol=1e-4, generator=torch.Generator().manual_seed(0))
+    assert side(plain.eigenvalues[0], plain.errors[0], 10.0) is None  # the case the option is for
+    res = lanczos(op, 1, tol=1e-4, max_steps=83, separate=(10.0,), generator=torch.Generator().manual_seed(0))
+    assert side(res.eigenvalues[0], res.errors[0], 10.0) == 1
+    assert abs(res.eigenvalues[0] - 10.0002) <= res.errors[0]
+    assert res.steps > plain.steps
+    # Too few steps to separate: the comparison stays undetermined, it is not guessed.
+    short = lanczos(op, 1, tol=1e-4, max_steps=plain.steps, separate=(10.0,),
+                    generator=torch.Generator().manual_seed(0))
+    assert side(short.eigenvalues[0], short.errors[0], 10.0) is None
 
 
 def test_lanczos_ritz_vectors_are_eigenvectors():
@@ -113,6 +157,34 @@ def test_hutchinson_and_hutchpp_within_three_standard_errors():
         assert h2.matvecs == 30
         # Deflating the outliers is what Hutch++ is for: a much smaller error bar here.
         assert h2.stderr < h1.stderr
+
+
+def test_hutchpp_with_the_lanczos_basis_is_unbiased_and_cheaper():
+    # The Krylov basis of a Lanczos run that found the top eigenvalues replaces Hutch++'s sketch:
+    # tr(Q^T H Q) = tr(T) costs nothing, only the m/3 remainder probes are spent.
+    eig = spectrum()
+    obj, w, _ = quadratic(eig)
+    exact = float(eig.sum())
+    krylov = lanczos(obj.operator(w), 5, tol=1e-6, return_basis=True)
+    q = krylov.basis.double()
+    np.testing.assert_allclose((q @ q.T).numpy(), np.eye(len(q)), atol=1e-10)
+    assert krylov.basis_trace == pytest.approx(float((q * obj.hvp(w, q)).sum()), rel=1e-10)
+    values, errors, plain_errors = [], [], []
+    for seed in range(60):
+        gen = torch.Generator().manual_seed(seed)
+        est = hutchpp(obj.operator(w), 30, generator=gen, basis=krylov.basis, basis_trace=krylov.basis_trace)
+        assert est.method == "hutch++ (Lanczos basis)" and est.matvecs == 10
+        assert abs(est.value - exact) <= 4 * est.stderr, (seed, est.value, est.stderr, exact)
+        values.append(est.value)
+        errors.append(est.stderr)
+        plain_errors.append(hutchpp(obj.operator(w), 30, generator=torch.Generator().manual_seed(seed)).stderr)
+    # Unbiased: the mean of 60 estimates is within 3 of its standard errors of the exact trace.
+    assert abs(np.mean(values) - exact) <= 3 * np.std(values, ddof=1) / math.sqrt(len(values))
+    # A third of the products, and no larger error bar than the sketch's Hutch++ here.
+    assert np.mean(errors) <= np.mean(plain_errors)
+    # A basis smaller than the sketch (m/3 rows) is not used: plain Hutch++.
+    small = hutchpp(obj.operator(w), 60, basis=krylov.basis[:5], basis_trace=1.0)
+    assert small.method == "hutch++" and small.matvecs == 60
 
 
 def test_hutchinson_block_traces():
@@ -180,7 +252,7 @@ def dense_hessian(model, space, x, y, w):
     return torch.autograd.functional.hessian(loss, w)
 
 
-@pytest.mark.parametrize("method", ["grad-of-jvp", "jvp-of-grad", "double-backward"])
+@pytest.mark.parametrize("method", KINDS[:3])  # four batches: "retained-graph" needs one (next test)
 def test_model_hvp_matches_dense_hessian(method):
     model, obj, w, space, x, y = tiny_problem()
     obj = Objective(obj.fn, obj.batches, hvp_method=method)
@@ -191,6 +263,22 @@ def test_model_hvp_matches_dense_hessian(method):
     loss, g = obj.value_and_grad(w)
     with torch.no_grad():
         assert loss == pytest.approx(float(F.cross_entropy(model(x), y)), rel=1e-12)
+
+
+def test_retained_graph_matches_dense_hessian_and_follows_the_point():
+    model, obj, w, space, x, y = tiny_problem(batch_size=24)  # one batch
+    kept = Objective(obj.fn, obj.batches, hvp_method="retained-graph")
+    v = torch.randn(3, len(w), dtype=DTYPE)
+    assert torch.allclose(kept.hvp(w, v), v @ dense_hessian(model, space, x, y, w), atol=1e-10)
+    graph = kept._graph
+    kept.hvp(w, v[0])
+    assert kept._graph is graph  # the same point: the graph is reused, not rebuilt
+    w2 = w + 0.3 * torch.randn(len(w), dtype=DTYPE)
+    assert torch.allclose(kept.hvp(w2, v), v @ dense_hessian(model, space, x, y, w2), atol=1e-10)
+    w2 += 0.1  # in place: the kept graph is of a copy, and the change is seen
+    assert torch.allclose(kept.hvp(w2, v[0]), dense_hessian(model, space, x, y, w2) @ v[0], atol=1e-10)
+    with pytest.raises(ValueError, match="one batch"):
+        Objective(obj.fn, tiny_problem(batch_size=7)[1].batches, hvp_method="retained-graph")
 
 
 def test_small_mlp_top_eigenvalue_matches_dense_hessian():
@@ -233,6 +321,53 @@ def test_gradient_noise_and_trace_h_sigma_match_dense():
     assert abs(part.value - exact) <= 4 * part.stderr
 
 
+def wu_quadratic(a: torch.Tensor, lr: float = 0.1, batch: int = 4, n: int = 16, seed: int = 0):
+    """Per-sample quadratics ``l_i = 1/2 (Q^T w)^T diag(h + e_i) (Q^T w)`` whose Wu et al.
+    matrix ``(I - lr H)^2 + lr^2 (N-B)/(B(N-1)) Sigma_H`` has the eigenvalues ``a`` exactly:
+    H and every H_i share the basis Q, so A = Q diag((1 - lr h)^2 + factor var(e)) Q^T. A
+    third of each a_j comes from the noise term, the rest from (1 - lr h_j)^2."""
+    gen = torch.Generator().manual_seed(seed)
+    d = len(a)
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=DTYPE))
+    factor = lr**2 * (n - batch) / (batch * (n - 1))
+    var = a / 3 / factor
+    h = (1 - torch.sqrt(a - factor * var)) / lr
+    signs = torch.tensor([1.0, -1.0], dtype=DTYPE).repeat(n // 2)
+    diag = h[None, :] + signs[:, None] * torch.sqrt(var)[None, :]  # per coordinate: mean h, variance var
+
+    def loss(w: torch.Tensor, b) -> torch.Tensor:
+        z = w @ q
+        return 0.5 * (b[0] * z * z).sum(1)
+
+    obj = Objective(loss, [(diag,)], hvp_method="double-backward")
+    return obj, torch.randn(d, generator=gen, dtype=DTYPE), lr, batch, n
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_sgd_stability_verdict_is_decided_outside_its_error_bar(seed):
+    # lambda_max(A) = 1.0007 on top of 15 eigenvalues in [0.998, 0.9998]: Lanczos on A with
+    # tol 1e-3 stopped at a Ritz value below 1 and said "stable" (seeds 1 and 2).
+    a = torch.cat([torch.tensor([1.0007]), 1 - torch.linspace(2e-4, 2e-3, 15), torch.linspace(0.2, 0.9, 24)])
+    obj, w, lr, batch, n = wu_quadratic(a.to(DTYPE))
+    res = sgd_stability(obj, w, lr, batch, n, generator=torch.Generator().manual_seed(seed))
+    assert res.stable is False
+    assert abs(res.lambda_max_a - 1.0007) <= res.error
+    assert res.lambda_max_a - res.error > 1
+    # The other side: without the 1.0007 the top is the cluster's 0.9998, stable.
+    a[0] = 0.9993
+    obj, w, lr, batch, n = wu_quadratic(a.to(DTYPE))
+    res = sgd_stability(obj, w, lr, batch, n, generator=torch.Generator().manual_seed(seed))
+    assert res.stable is True and abs(res.lambda_max_a - 0.9998) <= res.error
+
+
+def test_sgd_stability_is_undetermined_when_the_steps_run_out():
+    a = torch.cat([torch.tensor([1.0007]), 1 - torch.linspace(2e-4, 2e-3, 15), torch.linspace(0.2, 0.9, 24)])
+    obj, w, lr, batch, n = wu_quadratic(a.to(DTYPE))
+    res = sgd_stability(obj, w, lr, batch, n, max_steps=3, generator=torch.Generator().manual_seed(1))
+    assert res.stable is None
+    assert abs(res.lambda_max_a - 1) <= res.error  # the error bar holds 1: no verdict
+
+
 def test_sgd_stability_matches_dense_wu_matrix():
     model, obj, w, space, x, y = tiny_problem(n=20)
     _, hessians = per_sample_dense(model, space, x, y, w)
@@ -246,20 +381,69 @@ def test_sgd_stability_matches_dense_wu_matrix():
     res = sgd_stability(obj, w, lr, batch, n_train, samples=None, tol=1e-9, max_steps=len(w), chunk=6)
     assert res.lambda_max_a == pytest.approx(exact, rel=1e-6)
     assert res.nonuniformity == pytest.approx(math.sqrt(float(torch.linalg.eigvalsh(sigma_h)[-1])), rel=1e-5)
-    assert res.stable == (exact <= 1)
+    assert res.stable == (exact <= 1) and abs(exact - 1) > res.error
     assert res.factor == pytest.approx(factor)
     assert res.nonuniformity_limit == pytest.approx(math.sqrt(batch * (n_train - 1) / (n_train - batch)) / lr)
 
 
-def test_auto_measures_and_keeps_the_faster_product():
-    model, obj, w, space, x, y = tiny_problem()
+@pytest.mark.parametrize("batch_size", [7, 24])
+def test_auto_measures_and_keeps_the_faster_product(batch_size):
+    model, obj, w, space, x, y = tiny_problem(batch_size=batch_size)
     assert obj.method == "auto"
     h = dense_hessian(model, space, x, y, w)
     v = torch.randn(len(w), dtype=DTYPE)
     assert torch.allclose(obj.hvp(w, v), h @ v, atol=1e-10)
-    assert obj.method in ("grad-of-jvp", "jvp-of-grad", "double-backward")
-    assert set(obj.timings) == {"grad-of-jvp", "jvp-of-grad", "double-backward"}
+    # One batch (24 samples): the kept graph competes too.
+    kinds = set(KINDS) if batch_size == 24 else set(KINDS) - {"retained-graph"}
+    assert set(obj.timings) == kinds
     assert obj.method == min(obj.timings, key=obj.timings.get)
+    assert obj.choice_source == "measured"
+
+
+def test_auto_choice_is_cached_per_workload(tmp_path, monkeypatch):
+    path = tmp_path / "cache" / "hvp-choice.json"
+    torch.manual_seed(0)
+    model = TinyMLP().double()
+    x, y = torch.randn(24, 6, dtype=DTYPE), torch.randint(0, 3, (24,))
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+
+    def objective(batch_size=24, m=model):
+        p = {k: v.detach().clone() for k, v in m.named_parameters()}
+        return Objective.for_model(m, p, {}, x, y, batch_size=batch_size, choice_cache=path)[:2]
+
+    first, w = objective()
+    v = torch.randn(len(w), dtype=DTYPE)
+    expected = first.hvp(w, v)
+    assert first.choice_source == "measured" and path.exists()
+    stored = json.loads(path.read_text())
+    (entry,) = stored["choices"].values()
+    assert entry["method"] == first.method
+    assert [p.name for p in path.parent.iterdir()] == ["hvp-choice.json"]  # written atomically, no temp left
+
+    def no_measuring(*_a, **_k):
+        raise AssertionError("measured although the choice was cached")
+
+    monkeypatch.setattr(Objective, "_measure", no_measuring)
+    second, _ = objective()
+    assert torch.allclose(second.hvp(w, v), expected, atol=1e-12)
+    assert second.method == first.method and second.choice_source == "cache"
+    assert second.hvp_count == 1  # the product asked for, nothing spent on timing
+    monkeypatch.undo()
+    # Another workload (batch shape, architecture) is measured and added beside the first.
+    other, _ = objective(batch_size=7)
+    other.hvp(w, v)
+    assert other.choice_source == "measured" and "retained-graph" not in other.timings
+    wider = TinyMLP(hidden=7).double()
+    third, w3 = objective(m=wider)
+    third.hvp(w3, torch.randn(len(w3), dtype=DTYPE))
+    assert third.choice_source == "measured"
+    assert len(json.loads(path.read_text())["choices"]) == 3
+    # A corrupt file is ignored (measured again) and replaced by a valid one.
+    path.write_text("{not json")
+    again, _ = objective()
+    assert torch.allclose(again.hvp(w, v), expected, atol=1e-12)
+    assert again.choice_source == "measured"
+    assert len(json.loads(path.read_text())["choices"]) == 1
 
 
 # ============================================================================ data parallel

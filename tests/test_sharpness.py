@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from landscape import plots
 from landscape.analyses import interpolate
 from landscape.analyses.common import AnalysisOptions
-from landscape.analyses.sharpness import SharpnessOptions, find_run_config, sharpness, summarize
+from landscape.analyses.sharpness import SharpnessOptions, find_run_config, momentum_limit, sharpness, summarize
 from landscape.checkpoint import load_checkpoint, save_checkpoint
 from landscape.data import load_dataset
 from landscape.errors import UserError
@@ -122,9 +122,10 @@ def test_sharpness_matches_dense_hessian(run, tmp_path):
     np.testing.assert_allclose(r.extra["eigenvalues"], exact[::-1][:3], rtol=1e-4)
     assert exact[0] < 0  # the model has negative curvature, and it is found
     np.testing.assert_allclose(r.extra["eigenvalues_smallest"][0], exact[0], rtol=1e-4)
-    # Trace: within 3 standard errors, both methods.
+    # Trace: within 3 standard errors, both methods; Hutch++ deflated by the Lanczos basis.
     for key in ("trace", "trace_hutchinson"):
         assert abs(float(r.extra[key]) - exact.sum()) <= 3 * float(r.extra[key + "_stderr"])
+    assert r.extra_attrs["trace"]["method"] == "hutch++ (Lanczos basis)" and r.extra_attrs["trace"]["matvecs"] == 20
     # Density: on a grid covering the spectrum, integrating to 1.
     g, v = r.extra["density/grid"], r.extra["density/values"]
     assert np.trapezoid(v, g) == pytest.approx(1.0, abs=1e-4)
@@ -194,6 +195,100 @@ def test_by_layer_blocks_match_dense_blocks(run, tmp_path):
     plots.figure(r)
 
 
+@pytest.mark.parametrize("hvp", ["grad-of-jvp", "jvp-of-grad", "double-backward"])
+def test_hvp_kinds_give_the_same_numbers(run, tmp_path, hvp):
+    ckpt = run / "sgd" / "final.pt"
+
+    def measure(kind: str, name: str):
+        so = SharpnessOptions(top_k=3, tol=1e-6, lanczos_steps=100, trace=True, trace_probes=9, sam=False, hvp=kind)
+        r = load_result(sharpness(ckpt, tmp_path / name, so, opts()))
+        info = r.extra["info"]
+        assert json.loads(info.decode() if isinstance(info, bytes) else info)["hvp_method"] == kind
+        return r
+
+    kept, other = measure("retained-graph", "kept.h5"), measure(hvp, "other.h5")  # 64 samples: one batch
+    np.testing.assert_allclose(kept.extra["eigenvalues"], other.extra["eigenvalues"], rtol=1e-5)
+    assert float(kept.extra["trace"]) == pytest.approx(float(other.extra["trace"]), rel=1e-5)
+    with pytest.raises(UserError, match="one batch"):
+        sharpness(ckpt, tmp_path / "x.h5", SharpnessOptions(top_k=1, sam=False, hvp="retained-graph", hvp_batch=16),
+                  opts())
+
+
+# ============================================================================ stability verdicts
+
+
+def gd_factor(lam: float, lr: float, momentum: float, nesterov: bool, steps: int = 4000) -> float:
+    """|w| after ``steps`` of torch.optim.SGD on ``lam/2 w^2`` from w = 1 (max over the last 100
+    steps: the iterates oscillate; inf once they overflow)."""
+    w = torch.ones(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.SGD([w], lr=lr, momentum=momentum, nesterov=nesterov)
+    tail = 0.0
+    for step in range(steps):
+        opt.zero_grad()
+        (0.5 * lam * w * w).sum().backward()
+        opt.step()
+        x = abs(float(w.detach()))
+        if not math.isfinite(x):
+            return math.inf
+        if step >= steps - 100:
+            tail = max(tail, x)
+    return tail
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_momentum_limits_match_torch_sgd(nesterov):
+    lr, beta = 0.1, 0.9
+    limit = momentum_limit(lr, beta, nesterov)
+    assert limit == pytest.approx((2 + 2 * beta) / (lr * (1 + 2 * beta)) if nesterov else (2 + 2 * beta) / lr)
+    assert gd_factor(0.99 * limit, lr, beta, nesterov) < 1e-3  # converges
+    assert gd_factor(1.01 * limit, lr, beta, nesterov) > 1e3  # diverges
+    if nesterov:  # the heavy-ball limit is 2.8x too lenient for Nesterov
+        assert gd_factor(0.99 * momentum_limit(lr, beta, False), lr, beta, True) > 1e3
+
+
+def test_nesterov_run_is_judged_by_the_nesterov_limit(tmp_path):
+    root = tmp_path / "run"
+    (root / "sgd").mkdir(parents=True)
+    ckpt = make_checkpoint(root / "sgd" / "final.pt", 0, lr=0.05)
+    (root / "sgd" / "config.json").write_text(json.dumps({"optimizer": "sgd", "batch_size": 16, "momentum": 0.9,
+                                                         "nesterov": True, "lr": 0.05}))
+    so = SharpnessOptions(top_k=1, tol=1e-6, lanczos_steps=120, sam=False)
+    r = load_result(sharpness(ckpt, tmp_path / "n.h5", so, opts()))
+    assert bool(r.attrs["nesterov"]) is True
+    assert "stability/heavy_ball_limit" not in r.extra
+    assert float(r.extra["stability/nesterov_limit"]) == pytest.approx(3.8 / (0.05 * 2.8))
+    attrs = r.extra_attrs["stability/nesterov_limit"]
+    assert attrs["verdict"] == "stable" and bool(attrs["nesterov"]) is True
+    s = summarize(tmp_path / "n.h5")
+    assert s["nesterov"] is True and s["stability"]["nesterov_limit"]["verdict"] == "stable"
+    # The optimizer's config may omit it: RUN/config.json keeps every setting under "config".
+    (root / "sgd" / "config.json").write_text(json.dumps({"optimizer": "sgd", "momentum": 0.9}))
+    (root / "config.json").write_text(json.dumps({"config": {"batch_size": 16, "nesterov": True}}))
+    assert find_run_config(ckpt)["nesterov"] is True and find_run_config(ckpt)["batch_size"] == 16
+
+
+def test_gd_verdict_is_never_decided_inside_the_error_bar(run, tmp_path):
+    ckpt = run / "sgd" / "final.pt"
+    *_, h, _, _ = dense(ckpt)
+    lam = float(torch.linalg.eigvalsh(h)[-1])
+
+    def verdict(limit: float, steps: int, name: str) -> tuple[str, dict]:
+        so = SharpnessOptions(top_k=1, tol=1e-4, lanczos_steps=steps, sam=False, lr=2 / limit)
+        r = load_result(sharpness(ckpt, tmp_path / name, so, opts()))
+        return r.extra_attrs["stability/gd_limit"]["verdict"], r.extra_attrs["stability/gd_limit"]
+
+    # 2/lr 0.1% below lambda_max: unstable; with 3 Lanczos steps (a Ritz value below
+    # lambda_max, an error bar wider than the distance) that cannot be told, and the verdict
+    # is not "stable"; 2/lr equal to lambda_max (to float64): no float32 computation can tell.
+    decided, attrs = verdict(lam * (1 - 1e-3), 150, "a.h5")
+    short, short_attrs = verdict(lam * (1 - 1e-3), 3, "b.h5")
+    equal, _ = verdict(lam, 150, "c.h5")
+    assert (decided.split()[0], short.split()[0], equal.split()[0]) == ("unstable", "undetermined", "undetermined")
+    # Lanczos ran until its error bar was clear of the limit, and the bar holds the exact value.
+    assert attrs["lambda_max_error"] < 1e-3 * lam and abs(attrs["lambda_max"] - lam) <= attrs["lambda_max_error"]
+    assert short_attrs["lambda_max_error"] > abs(short_attrs["lambda_max"] - lam * (1 - 1e-3))
+
+
 # ============================================================================ along a line, resume
 
 
@@ -248,6 +343,28 @@ def test_killed_run_resumes_from_finished_stages(run, tmp_path, monkeypatch):
         sharpness(ckpt, tmp_path / "r.h5", SharpnessOptions(top_k=3), opts())
 
 
+def test_trace_resumed_after_the_eigenvalues_is_the_same(run, tmp_path, monkeypatch):
+    import importlib
+
+    mod = importlib.import_module("landscape.analyses.sharpness")
+    ckpt = run / "sgd" / "final.pt"
+    so = SharpnessOptions(top_k=2, trace=True, trace_probes=9, sam=False)
+    whole = load_result(sharpness(ckpt, tmp_path / "whole.h5", so, opts()))
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mod, "hutchpp", killed)
+    with pytest.raises(KeyboardInterrupt):
+        sharpness(ckpt, tmp_path / "r.h5", so, opts())
+    monkeypatch.undo()
+    # The Lanczos basis is gone with the killed process: the resumed run recomputes the same one.
+    resumed = load_result(sharpness(ckpt, tmp_path / "r.h5", so, opts()))
+    assert resumed.extra_attrs["trace"]["method"] == "hutch++ (Lanczos basis)"
+    assert float(resumed.extra["trace"]) == float(whole.extra["trace"])
+    assert float(resumed.extra["trace_stderr"]) == float(whole.extra["trace_stderr"])
+
+
 # ============================================================================ settings, CLI
 
 
@@ -280,7 +397,7 @@ def test_cli_command(run, tmp_path):
             "--sam-steps", "1"]
     res = runner.invoke(app, base + ["-o", str(tmp_path / "c.h5"), "--json", "--trace", "--trace-probes", "6"])
     assert res.exit_code == 0, res.output
-    summary = json.loads(res.output)
+    summary = json.loads(res.stdout)
     assert len(summary["eigenvalues"]) == 2 and summary["lr"] == 0.05 and "trace" in summary
     assert summary["stability"]["gd_limit"]["value"] == pytest.approx(40.0)
     res = runner.invoke(app, base + ["-o", str(tmp_path / "c.h5"), "--trace", "--trace-probes", "6"])

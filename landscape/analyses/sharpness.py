@@ -6,14 +6,20 @@ recomputed at the point from the train split (``bn="recompute"``, as every analy
 points; ``"keep"`` uses the checkpoint's own). Everything is matrix-free (landscape.hessian):
 
 * top-k eigenvalues (Lanczos, full reorthogonalization), optionally the k smallest;
-* trace: Hutch++ and/or Hutchinson (Rademacher), each with a standard error;
+* trace: Hutch++ and/or Hutchinson (Rademacher), each with a standard error; Hutch++ takes
+  the Krylov basis of the eigenvalue stage's Lanczos run as its low-rank part (free: those
+  products are spent already), so of its budget only the remainder probes are spent;
 * spectral density by stochastic Lanczos quadrature;
 * gradient noise from per-sample gradients: ``tr(Sigma)``, ``tr(H Sigma)`` and the smoothing
   term ``(lr^2/2) tr(H Sigma_B)`` of Nitanda et al. (2024);
-* stability: ``lambda_max`` against ``2/lr`` (GD; lr read from the checkpoint), against
-  ``(2 + 2 beta)/lr`` for heavy-ball momentum beta when the run used it (Cohen et al. 2021),
-  and with ``noise`` the SGD linear-stability condition of Wu et al. (2018) for the run's
-  batch size (:func:`landscape.hessian.sgd_stability` states it exactly);
+* stability: ``lambda_max`` against ``2/lr`` (GD; lr read from the checkpoint), against the
+  momentum limit when the run used momentum beta (:func:`momentum_limit`: ``(2 + 2 beta)/lr``
+  for heavy ball, Cohen et al. 2021; ``(2 + 2 beta)/(lr (1 + 2 beta))`` for Nesterov, read from
+  the run config), and with ``noise`` the SGD linear-stability condition of Wu et al. (2018)
+  for the run's batch size (:func:`landscape.hessian.sgd_stability` states it exactly). A
+  verdict is "stable" or "unstable" only when the value's error bar (Ritz residual bound,
+  at least the round-off) lies on one side of the limit; Lanczos keeps going until it does,
+  within its steps, and the verdict is "undetermined" when they run out;
 * SAM sharpness ``max_{||e|| <= rho} L(w + e) - L(w)``: first order and projected ascent;
 * per layer: top eigenvalue and trace of each module's diagonal Hessian block.
 
@@ -52,13 +58,14 @@ from landscape import distributed
 from landscape.analyses import common
 from landscape.analyses.common import AnalysisOptions, CheckpointLike, prepare, result_attrs, vector
 from landscape.checkpoint import Checkpoint, file_sha256
+from landscape.data import cache_root
 from landscape.engine import Engine
 from landscape.errors import UserError
 from landscape.hessian import HVP_METHODS, Objective, gradient_noise, hutchinson, hutchpp, lanczos, \
-    lanczos_tridiagonals, sgd_stability, slq_density, trace_h_sigma
+    lanczos_tridiagonals, roundoff, sgd_stability, side, slq_density, trace_h_sigma
 from landscape.store import ResultWriter, load_result
 
-__all__ = ["DATASETS", "SharpnessOptions", "find_run_config", "sharpness", "summarize"]
+__all__ = ["DATASETS", "SharpnessOptions", "find_run_config", "momentum_limit", "sharpness", "summarize"]
 
 TRACE_METHODS = ("hutchpp", "hutchinson", "both")
 
@@ -79,7 +86,8 @@ DATASETS = {
     "noise/trace_h_sigma": "tr(H Sigma)", "noise/trace_h_sigma_stderr": "its standard error (0: exact)",
     "noise/alignment": "tr(H Sigma) / (tr H tr Sigma / d): 1 for isotropic noise",
     "noise/smoothing": "(lr^2/2) (N-B)/(B(N-1)) tr(H Sigma): the objective-smoothing term of SGD",
-    "stability/gd_limit": "2/lr", "stability/heavy_ball_limit": "(2 + 2 momentum)/lr",
+    "stability/gd_limit": "2/lr", "stability/heavy_ball_limit": "(2 + 2 momentum)/lr (heavy-ball runs)",
+    "stability/nesterov_limit": "(2 + 2 momentum)/(lr (1 + 2 momentum)) (Nesterov runs)",
     "stability/sgd_lambda_max": "lambda_max((I - lr H)^2 + lr^2 (N-B)/(B(N-1)) Sigma_H) (Wu et al. 2018)",
     "stability/nonuniformity": "s = sqrt(lambda_max(Sigma_H))", "stability/nonuniformity_limit": "sqrt(B(N-1)/(N-B))/lr",
     "by_layer/names": "modules", "by_layer/numel": "parameters per module",
@@ -177,7 +185,9 @@ def find_run_config(checkpoint: str | Path) -> dict[str, Any]:
 
     ``RUN/<opt>/final.pt`` (or ``averaged.pt``): ``RUN/<opt>/config.json`` then
     ``RUN/config.json``; ``RUN/<opt>/checkpoints/epoch_XXXX.pt`` one level deeper. Returns
-    ``{}`` when there is none; keys used: batch_size, momentum, weight_decay, lr.
+    ``{}`` when there is none; keys used: batch_size, momentum, nesterov, lr. The run's own
+    ``RUN/config.json`` keeps its settings under ``"config"``; they count too, after the
+    optimizer's.
     """
     path = Path(checkpoint).resolve()
     found: dict[str, Any] = {}
@@ -189,11 +199,26 @@ def find_run_config(checkpoint: str | Path) -> dict[str, Any]:
             except (OSError, ValueError):
                 continue
             if isinstance(data, dict):
-                for key, value in data.items():
+                nested = data.get("config")
+                for key, value in [*data.items(), *(nested.items() if isinstance(nested, dict) else [])]:
                     found.setdefault(key, value)
         if found.get("batch_size") is not None:
             break
     return found
+
+
+def momentum_limit(lr: float, momentum: float, nesterov: bool = False) -> float:
+    """Largest curvature at which momentum GD (``torch.optim.SGD`` semantics, no dampening) is
+    linearly stable on a quadratic: ``(2 + 2 beta)/lr`` for heavy ball, ``(2 + 2 beta)/(lr (1 +
+    2 beta))`` for Nesterov.
+
+    With ``a = lr lambda``, heavy ball iterates ``w' = w - lr (beta v + lambda w)``, whose
+    characteristic polynomial ``z^2 - (1 + beta - a) z + beta`` has a root at -1 when ``a = 2 +
+    2 beta``. Nesterov steps along ``g + beta v'``: ``z^2 - (1 + beta)(1 - a) z + beta (1 - a)``,
+    a root at -1 when ``1 + (1 + 2 beta)(1 - a) = 0``. tests/test_sharpness.py runs
+    torch.optim.SGD on a 1-D quadratic at 0.99x and 1.01x of each.
+    """
+    return (2 + 2 * momentum) / (lr * (1 + 2 * momentum)) if nesterov else (2 + 2 * momentum) / lr
 
 
 # =========================================================================== model objective
@@ -249,11 +274,17 @@ def _objective_at(engine: Engine, point: torch.Tensor, split: str, sopts: Sharpn
     params = {n: state[n].detach().float().contiguous() for n in names}
     constants = {k: v for k, v in state.items() if k not in params}
     data = engine.split_data(split)
+    method = hvp or sopts.hvp
+    if method == "retained-graph" and math.ceil(len(data.y) / batch) > distributed.world_size():
+        raise UserError(f"--hvp retained-graph keeps the gradient graph of one batch, and the {len(data.y)} samples "
+                        f"make {math.ceil(len(data.y) / batch)} batches of {batch}: use --hvp-batch {len(data.y)} "
+                        "(if memory allows), a smaller --subset, or another --hvp")
     # Under torchrun: this rank's share of the batches, every sum all-reduced.
     reduce = distributed.all_reduce_tensor if distributed.is_distributed() else None
     obj, w, space = Objective.for_model(model, params, constants, data.x, data.y, batch_size=batch,
-                                        hvp_method=hvp or sopts.hvp, reduce=reduce,
-                                        shard=(distributed.rank(), distributed.world_size()))
+                                        hvp_method=method, reduce=reduce,
+                                        shard=(distributed.rank(), distributed.world_size()),
+                                        choice_cache=cache_root() / "hvp-choice.json")
     return _Point(obj, w, names, space.shapes)
 
 
@@ -342,11 +373,14 @@ def _by_layer(obj: Objective, w: torch.Tensor, names: list[str], shapes: dict[st
     return out
 
 
-def _trace(op, sopts: SharpnessOptions, gen: torch.Generator, hutch=None) -> dict[str, Any]:
+def _trace(op, sopts: SharpnessOptions, gen: torch.Generator, hutch=None, krylov: Any = None) -> dict[str, Any]:
+    """``krylov``: the eigenvalue stage's Lanczos result with its basis, Hutch++'s low-rank part
+    for free (:func:`landscape.hessian.hutchpp`)."""
     out: dict[str, Any] = {}
     if sopts.trace_method in ("hutchpp", "both"):
-        est = hutchpp(op, sopts.trace_probes, generator=gen)
-        out["trace"], out["trace_stderr"], out["method"], out["matvecs"] = est.value, est.stderr, "hutch++", est.matvecs
+        est = hutchpp(op, sopts.trace_probes, generator=gen, basis=getattr(krylov, "basis", None),
+                      basis_trace=getattr(krylov, "basis_trace", None))
+        out.update(trace=est.value, trace_stderr=est.stderr, method=est.method, matvecs=est.matvecs)
     if sopts.trace_method in ("hutchinson", "both") or hutch is not None:
         est = hutch if hutch is not None else hutchinson(op, sopts.trace_probes, generator=gen)
         key = "trace" if sopts.trace_method == "hutchinson" else "trace_hutchinson"
@@ -357,6 +391,19 @@ def _trace(op, sopts: SharpnessOptions, gen: torch.Generator, hutch=None) -> dic
 
 
 # =========================================================================== the analysis
+
+
+class _Counted:
+    """An operator that tells ``on_products`` how many Hessian-vector products each call made."""
+
+    def __init__(self, op: Any, on_products: Callable[[int], None]):
+        self.op, self.on_products = op, on_products
+        self.dim, self.dtype, self.device = op.dim, op.dtype, op.device
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        out = self.op(v)
+        self.on_products(v.shape[0] if v.dim() > 1 else 1)
+        return out
 
 
 def _generator(seed: int, stage: int) -> torch.Generator:
@@ -414,10 +461,12 @@ def _settings(ckpt: Checkpoint, sopts: SharpnessOptions, engine: Engine) -> dict
     run = find_run_config(ckpt.path) if ckpt.path and Path(ckpt.path).is_file() else {}
     lr = sopts.lr if sopts.lr is not None else ckpt.lr
     batch = run.get("batch_size") if isinstance(run.get("batch_size"), int) else None
+    momentum = float(run["momentum"]) if isinstance(run.get("momentum"), (int, float)) else None
     return {
         "lr": float(lr) if lr is not None else None,
         "lr_source": "--lr" if sopts.lr is not None else ("checkpoint" if lr is not None else None),
-        "momentum": float(run["momentum"]) if isinstance(run.get("momentum"), (int, float)) else None,
+        "momentum": momentum,
+        "nesterov": bool(run.get("nesterov")) if momentum else None,
         "train_batch_size": batch or sopts.batch_size_train,
         "train_batch_size_source": "run config" if batch else ("--batch-size-train" if sopts.batch_size_train
                                                                else None),
@@ -462,8 +511,8 @@ def _single(path: CheckpointLike, out: str | Path, sopts: SharpnessOptions, opts
     st = _settings(ckpt, sopts, engine)
     full_train = _train_size(engine, ckpt, opts) if sopts.noise else 0
     writer = _open(out, [ckpt], engine, opts, sopts, {}, [], ["loss", "accuracy"],
-                   {"lr": st["lr"], "momentum": st["momentum"], "train_batch_size": st["train_batch_size"],
-                    "split": split})
+                   {"lr": st["lr"], "momentum": st["momentum"], "nesterov": st["nesterov"],
+                    "train_batch_size": st["train_batch_size"], "split": split})
     if writer.complete:
         return writer.finish()
     try:
@@ -476,33 +525,61 @@ def _single(path: CheckpointLike, out: str | Path, sopts: SharpnessOptions, opts
 def _single_stages(writer: ResultWriter, engine: Engine, ckpt: Checkpoint, split: str, model: nn.Module,
                    batch: int, st: dict[str, Any], full_train: int, sopts: SharpnessOptions,
                    opts: AnalysisOptions) -> Path:
-    stages = ["eigenvalues"] + (["trace"] if sopts.trace else []) + (["density"] if sopts.density else []) \
-        + (["sam"] if sopts.sam else []) + (["noise"] if sopts.noise else []) + (["by_layer"] if sopts.by_layer else [])
-    total, done = len(stages) + 1, 0
+    # Progress counts Hessian-vector products against each stage's budget (Lanczos steps,
+    # probes, SLQ runs x steps, layers x steps, ascent steps); a stage that stops early
+    # jumps to its budget, so the count reaches the total exactly at the end.
+    k = min(sopts.top_k, max(1, engine.layout.dim))
+    budgets = {"point": 1, "eigenvalues": sopts.lanczos_steps or max(40, 4 * k + 20)}
+    if sopts.trace:
+        budgets["trace"] = sopts.trace_probes
+    if sopts.density:
+        budgets["density"] = sopts.density_runs * sopts.density_steps
+    if sopts.sam:
+        budgets["sam"] = sopts.sam_steps + 1
+    if sopts.noise:
+        budgets["noise"] = (sopts.noise_samples or 64) + (sopts.stability_samples or 64)
+    if sopts.by_layer:
+        budgets["by_layer"] = sopts.layer_steps * 8
+    names, total = list(budgets), sum(budgets.values())
+    state = {"done": 0, "finished": 0}  # products counted; stages finished (in `names` order)
 
-    def progress() -> None:
+    def progress(stage: str | None = None, products: int = 0) -> None:
+        finished = state["finished"]
+        reached = sum(budgets[n] for n in names[:finished])
+        if stage is not None:  # the stage is over: its whole budget counts
+            state["finished"] = finished = names.index(stage) + 1
+            state["done"] = max(state["done"], sum(budgets[n] for n in names[:finished]))
+            if distributed.is_main():
+                common._test_stop(finished)  # tests: a kill after `finished` stored stages
+        elif finished < len(names):  # within the running stage, never past its budget
+            state["done"] = min(state["done"] + products, reached + budgets[names[finished]] - 1)
         if opts.progress:
-            opts.progress(done, total)
-        if distributed.is_main():
-            common._test_stop(done)  # tests: a kill after `done` stages are stored
+            opts.progress(state["done"], total)
 
     progress()
     point = vector(engine, ckpt)
     if len(writer.pending()):  # rank 0 only: another rank's stand-in has nothing pending
         writer.write(np.array([0]), engine.evaluate(point))
-    done += 1
-    progress()
+    progress("point")
     p = _objective_at(engine, point, split, sopts, batch, model)
     obj, w = p.objective, p.w
-    op = obj.operator(w)
+    op = _Counted(obj.operator(w), lambda n: progress(products=n))
     info = {"hvp_method": None, "hvp_batch": batch, "parameters": int(w.numel()), "samples": obj.n}
     loss0, g0 = obj.value_and_grad(w)
     writer.put("grad_norm", np.float64(g0.double().norm()))
 
+    def eigen_lanczos():
+        # Lanczos goes on until lambda_max's error bar is clear of every stability limit (or
+        # its steps run out): the verdicts below are then decided, not guessed. Its Krylov
+        # basis is kept for the trace (Hutch++'s low-rank part, already paid for).
+        return lanczos(op, min(sopts.top_k, w.numel()), smallest=sopts.smallest, max_steps=sopts.lanczos_steps,
+                       tol=sopts.tol, generator=_generator(opts.seed, 1), separate=tuple(_limits(st).values()),
+                       return_basis=sopts.trace)
+
     eig = _stored(writer, "eigenvalues")
+    krylov = None
     if eig is None:
-        res = lanczos(op, min(sopts.top_k, w.numel()), smallest=sopts.smallest, max_steps=sopts.lanczos_steps,
-                      tol=sopts.tol, generator=_generator(opts.seed, 1))
+        res = krylov = eigen_lanczos()
         if sopts.smallest:
             writer.put("eigenvalues_smallest", res.smallest)
             writer.put("eigenvalues_smallest_residuals", res.smallest_residuals)
@@ -512,8 +589,11 @@ def _single_stages(writer: ResultWriter, engine: Engine, ckpt: Checkpoint, split
                                                     "tol": sopts.tol})
         eig = res.eigenvalues
     eig = np.asarray(eig, dtype=np.float64)
-    done += 1
-    progress()
+    residuals = _stored(writer, "eigenvalue_residuals")
+    # lambda_max's error bar: its residual bound, at least what float rounding allows.
+    lam_error = max(float(np.asarray(residuals)[0]) if residuals is not None else math.inf,
+                    roundoff(w.dtype, float(np.abs(eig).max())))
+    progress("eigenvalues")
 
     trace_value = _stored(writer, "trace")
     layer = None
@@ -521,15 +601,17 @@ def _single_stages(writer: ResultWriter, engine: Engine, ckpt: Checkpoint, split
         layer = _by_layer(obj, w, p.names, p.shapes, sopts, _generator(opts.seed, 6))
     if sopts.trace:
         if trace_value is None:
-            t = _trace(op, sopts, _generator(opts.seed, 2), hutch=(layer or {}).get("_global"))
+            if krylov is None and sopts.trace_method != "hutchinson":
+                krylov = eigen_lanczos()  # resumed past the eigenvalues: the same run, the same basis
+            t = _trace(op, sopts, _generator(opts.seed, 2), hutch=(layer or {}).get("_global"), krylov=krylov)
             for key in ("trace_hutchinson", "trace_hutchinson_stderr"):
                 if key in t:
                     writer.put(key, np.float64(t[key]))
             writer.put("trace_stderr", np.float64(t["trace_stderr"]))
             writer.put("trace", np.float64(t["trace"]), {"method": t["method"], "matvecs": t["matvecs"]})
             trace_value = t["trace"]
-        done += 1
-        progress()
+        krylov = None  # the basis (steps x d) is not needed past here
+        progress("trace")
     if sopts.density:
         if _stored(writer, "density/values") is None:
             dens = slq_density(op, sopts.density_runs, sopts.density_steps, points=sopts.density_points,
@@ -539,21 +621,18 @@ def _single_stages(writer: ResultWriter, engine: Engine, ckpt: Checkpoint, split
             writer.put("density/weights", dens.weights)
             writer.put("density/values", dens.values, {"sigma": dens.sigma, "runs": sopts.density_runs,
                                                        "steps": sopts.density_steps, "method": "SLQ"})
-        done += 1
-        progress()
+        progress("density")
     if sopts.sam:
         if _stored(writer, "sam/ascent") is None:
             s = _sam(obj, w, loss0, g0, sopts.rho, sopts.sam_steps)
             writer.put("sam/first_order", np.float64(s["first_order"]), {"rho": sopts.rho})
             writer.put("sam/curve", s["curve"])
             writer.put("sam/ascent", np.float64(s["ascent"]), {"rho": sopts.rho, "steps": sopts.sam_steps})
-        done += 1
-        progress()
+        progress("sam")
     if sopts.noise:
         if _stored(writer, "noise/trace_h_sigma") is None:
             _noise(writer, obj, w, st, full_train, sopts, opts, eig, trace_value, prefix="")
-        done += 1
-        progress()
+        progress("noise")
     if sopts.by_layer:
         if layer is not None:
             writer.put("by_layer/names", np.array(layer["names"], dtype=object))
@@ -562,10 +641,10 @@ def _single_stages(writer: ResultWriter, engine: Engine, ckpt: Checkpoint, split
                 writer.put("by_layer/trace", layer["trace"])
                 writer.put("by_layer/trace_stderr", layer["trace_stderr"])
             writer.put("by_layer/lambda_max", layer["lambda_max"], {"steps": sopts.layer_steps})
-        done += 1
-        progress()
-    _stability(writer, eig, st, _stored(writer, "eigenvalues_smallest"))
+        progress("by_layer")
+    _stability(writer, eig, lam_error, st, _stored(writer, "eigenvalues_smallest"))
     info["hvp_method"] = obj.method
+    info["hvp_choice"] = obj.choice_source  # "measured", "cache" (auto) or None (asked for)
     info["hvp_timings_s"] = obj.timings
     writer.put("info", json.dumps(info))
     return writer.finish()
@@ -576,26 +655,54 @@ def _train_size(engine: Engine, ckpt: Checkpoint, opts: AnalysisOptions) -> int:
     return engine.full_sizes["train"]
 
 
-def _stability(writer: ResultWriter, eig: np.ndarray, st: dict[str, Any], smallest: Any = None) -> None:
+def _limits(st: dict[str, Any]) -> dict[str, float]:
+    """The curvature limits lambda_max is compared with: ``gd_limit`` 2/lr, and with momentum
+    ``heavy_ball_limit`` or ``nesterov_limit`` (whichever the run used); {} without an lr."""
+    lr = st["lr"]
+    if lr is None:
+        return {}
+    limits = {"gd_limit": 2.0 / lr}
+    if st.get("momentum"):
+        name = "nesterov_limit" if st.get("nesterov") else "heavy_ball_limit"
+        limits[name] = momentum_limit(lr, st["momentum"], bool(st.get("nesterov")))
+    return limits
+
+
+def _verdict(value: float, error: float, limit: float, *, what: str = "lambda_max") -> str:
+    """"stable" (value <= limit) or "unstable", only when ``value +- error`` is on one side."""
+    where = side(value, error, limit)
+    if where is None:
+        return f"undetermined ({what} = {value:.6g} +- {error:.2g} holds the limit {limit:.6g})"
+    return "unstable" if where > 0 else "stable"
+
+
+def _stability(writer: ResultWriter, eig: np.ndarray, error: float, st: dict[str, Any], smallest: Any = None) -> None:
     lr = st["lr"]
     if lr is None or not eig.size:
         return
     lam = float(eig[0])
-    limit = 2.0 / lr
-    verdict = "stable" if lam <= limit else "unstable"
+    limits = _limits(st)
+    limit = limits["gd_limit"]
+    verdict = _verdict(lam, error, limit)
     extra = {}
     if smallest is not None and np.size(smallest) and float(np.min(smallest)) < 0:
         extra["negative_curvature"] = float(np.min(smallest))
         verdict += " (but lambda_min < 0: a saddle, not a minimum)"
     writer.put("stability/gd_limit", np.float64(limit),
-               {"verdict": verdict, "lambda_max": lam, "ratio": lam / limit, **extra,
+               {"verdict": verdict, "lambda_max": lam, "lambda_max_error": error, "ratio": lam / limit, **extra,
                 "condition": "GD is linearly stable at a minimum iff lambda_max(H) <= 2/lr"})
-    if st.get("momentum"):
-        beta = st["momentum"]
-        hb = (2 + 2 * beta) / lr
-        writer.put("stability/heavy_ball_limit", np.float64(hb),
-                   {"verdict": "stable" if lam <= hb else "unstable", "momentum": beta,
+    beta = st.get("momentum")
+    if "heavy_ball_limit" in limits:
+        writer.put("stability/heavy_ball_limit", np.float64(limits["heavy_ball_limit"]),
+                   {"verdict": _verdict(lam, error, limits["heavy_ball_limit"]), "momentum": beta, "nesterov": False,
+                    "lambda_max_error": error,
                     "condition": "heavy-ball GD with momentum beta: lambda_max(H) <= (2 + 2 beta)/lr"})
+    if "nesterov_limit" in limits:
+        writer.put("stability/nesterov_limit", np.float64(limits["nesterov_limit"]),
+                   {"verdict": _verdict(lam, error, limits["nesterov_limit"]), "momentum": beta, "nesterov": True,
+                    "lambda_max_error": error,
+                    "condition": "Nesterov GD with momentum beta (torch.optim.SGD): lambda_max(H) <= "
+                                 "(2 + 2 beta)/(lr (1 + 2 beta))"})
 
 
 def _noise(writer: ResultWriter, obj: Objective, w: torch.Tensor, st: dict[str, Any], train_size: int,
@@ -629,15 +736,12 @@ def _noise(writer: ResultWriter, obj: Objective, w: torch.Tensor, st: dict[str, 
         out.update(sgd_lambda_max=sgd.lambda_max_a, nonuniformity=sgd.nonuniformity)
         writer.put("stability/nonuniformity", np.float64(sgd.nonuniformity))
         writer.put("stability/nonuniformity_limit", np.float64(sgd.nonuniformity_limit))
-        if sgd.stable:
-            verdict = "stable"
-        elif sgd.curvature < 0:
+        verdict = _verdict(sgd.lambda_max_a, sgd.error, 1.0, what="lambda_max(A)")
+        if sgd.stable is False and sgd.curvature < 0:
             verdict = "unstable (negative curvature: the point is not a minimum)"
-        else:
-            verdict = "unstable"
         out["sgd_verdict"] = verdict
         writer.put("stability/sgd_lambda_max", np.float64(sgd.lambda_max_a), {
-            "verdict": verdict, "curvature_along_top_vector": sgd.curvature,
+            "verdict": verdict, "error": sgd.error, "curvature_along_top_vector": sgd.curvature,
             "condition": "lambda_max((I - lr H)^2 + lr^2 (N-B)/(B(N-1)) Sigma_H) <= 1, Sigma_H = (1/n) sum_i H_i^2 "
                          "- H^2 (Wu, Ma & E, NeurIPS 2018, Theorem 1)",
             "N": train_size, "B": batch, "lr": lr, "samples": sgd.samples_used})
@@ -685,8 +789,8 @@ def _along(line: Path, out: str | Path, sopts: SharpnessOptions, opts: AnalysisO
         if st["lr"] is not None and st["train_batch_size"] is not None:
             metrics.append("sgd_lambda_max")
     writer = _open(out, ckpts, engine, opts, sopts, {"alpha": alphas}, ["alpha"], metrics,
-                   {"lr": st["lr"], "momentum": st["momentum"], "train_batch_size": st["train_batch_size"],
-                    "split": split, "along": str(line)})
+                   {"lr": st["lr"], "momentum": st["momentum"], "nesterov": st["nesterov"],
+                    "train_batch_size": st["train_batch_size"], "split": split, "along": str(line)})
     if writer.complete:
         return writer.finish()
     try:
@@ -722,14 +826,14 @@ def _along_points(writer: ResultWriter, engine: Engine, ckpts: list[Checkpoint],
         loss0, g0 = obj.value_and_grad(w)
         row["grad_norm"] = float(g0.double().norm())
         res = lanczos(op, k, smallest=sopts.smallest, max_steps=sopts.lanczos_steps, tol=sopts.tol,
-                      generator=_generator(opts.seed, 1))
+                      generator=_generator(opts.seed, 1), return_basis=sopts.trace)
         eigs[idx] = res.eigenvalues
         row["lambda_max"] = float(res.eigenvalues[0])
         if sopts.smallest:
             row["lambda_min"] = float(res.smallest[0])
         trace_value = None
         if sopts.trace:
-            t = _trace(op, sopts, _generator(opts.seed, 2))
+            t = _trace(op, sopts, _generator(opts.seed, 2), krylov=res)
             row["trace"], row["trace_stderr"] = t["trace"], t["trace_stderr"]
             trace_value = t["trace"]
         if sopts.sam:
@@ -777,6 +881,7 @@ def summarize(path: str | Path) -> dict[str, Any]:
 
     out: dict[str, Any] = {"file": str(path), "analysis": "sharpness", "split": r.attrs.get("split"),
                            "lr": r.attrs.get("lr"), "momentum": r.attrs.get("momentum"),
+                           "nesterov": _plain(r.attrs.get("nesterov")),
                            "train_batch_size": r.attrs.get("train_batch_size")}
     if r.dims == ["alpha"]:
         split = r.attrs.get("split") or next(iter(r.metrics))
@@ -812,10 +917,13 @@ def summarize(path: str | Path) -> dict[str, Any]:
                                                        "alignment", "smoothing") if f"noise/{k}" in ex}
         out["noise"]["samples"] = xa.get("noise/trace_h_sigma", {}).get("samples")
     stab: dict[str, Any] = {}
-    for name in ("gd_limit", "heavy_ball_limit", "sgd_lambda_max"):
+    for name in ("gd_limit", "heavy_ball_limit", "nesterov_limit", "sgd_lambda_max"):
         if f"stability/{name}" in ex:
-            stab[name] = {"value": num(f"stability/{name}"),
-                          "verdict": xa.get(f"stability/{name}", {}).get("verdict")}
+            a = xa.get(f"stability/{name}", {})
+            stab[name] = {"value": num(f"stability/{name}"), "verdict": a.get("verdict")}
+            error = a.get("error", a.get("lambda_max_error"))
+            if error is not None:  # of lambda_max (of A for sgd_lambda_max)
+                stab[name]["error"] = float(error)
     for name in ("nonuniformity", "nonuniformity_limit"):
         if f"stability/{name}" in ex:
             stab[name] = num(f"stability/{name}")
@@ -831,6 +939,11 @@ def summarize(path: str | Path) -> dict[str, Any]:
         info = ex["info"]
         out["info"] = json.loads(info.decode() if isinstance(info, bytes) else str(info))
     return _clean(out)
+
+
+def _plain(value: Any) -> Any:
+    """An HDF5 attribute as JSON: numpy scalars to Python."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _clean(obj: Any) -> Any:
