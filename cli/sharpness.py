@@ -66,7 +66,7 @@ def register(app: typer.Typer) -> None:
         by_layer: Annotated[bool, typer.Option("--by-layer", help="Top eigenvalue (and with --trace the trace) of each module's Hessian block")] = False,
         layer_steps: Annotated[int, typer.Option(help="Lanczos steps per layer")] = 20,
         along: Annotated[Optional[Path], typer.Option(help="An interpolate result: the quantities at every alpha of its line")] = None,
-        hvp: Annotated[str, typer.Option(help="Hessian-vector products: auto (measure, keep the fastest), grad-of-jvp, jvp-of-grad or double-backward")] = "auto",
+        hvp: Annotated[str, typer.Option(help="Hessian-vector products: auto (the fastest, measured once per model, device and batch shape and cached), grad-of-jvp, jvp-of-grad, double-backward or retained-graph (the gradient graph built once; one batch only)")] = "auto",
         source: ModelAndData = ModelAndData(),
         evaluation: HessianEvaluation = HessianEvaluation(),
         runtime: Runtime = Runtime(),
@@ -88,7 +88,8 @@ def register(app: typer.Typer) -> None:
         if out is None:
             out = default_output(checkpoint, along)
         display = err_console if evaluation.as_json else console
-        with PointProgress("sharpness", display) as progress:
+        unit = "points" if along else "Hessian-vector products"
+        with PointProgress("sharpness", display, unit) as progress:
             path = run(checkpoint, out, sopts, analysis_options(source, evaluation, runtime, progress))
         summary = summarize(path)
         if evaluation.as_json:
@@ -156,6 +157,9 @@ def summary_table(s: dict[str, Any]) -> Table:
     if "heavy_ball_limit" in stab:
         h = stab["heavy_ball_limit"]
         add("(2+2β)/lr", _f(h["value"]), f"momentum β = {_f(s.get('momentum'))}: heavy ball {h.get('verdict')}")
+    if "nesterov_limit" in stab:
+        h = stab["nesterov_limit"]
+        add("(2+2β)/(lr(1+2β))", _f(h["value"]), f"Nesterov, β = {_f(s.get('momentum'))}: {h.get('verdict')}")
     if "sam" in s:
         m = s["sam"]
         add("SAM sharpness", _f(m.get("ascent")), f"rho = {_f(m.get('rho'))}; first order {_f(m.get('first_order'))}")

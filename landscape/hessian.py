@@ -86,6 +86,7 @@ import hashlib
 import json
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +97,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vmap
+
+with warnings.catch_warnings():
+    # Forward-mode AD (torch.func.jvp) loads torch's jvp decompositions on first use, and
+    # they are compiled with torch.jit.script, which warns that it is deprecated: a warning
+    # about torch's own internals on every run. Load them here, quietly.
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
+    import torch._decomp.decompositions_for_jvp  # noqa: F401
 
 from landscape.checkpoint import atomic_write_text
 

@@ -140,6 +140,7 @@ def test_demo_end_to_end(tmp_path):
     result = landscape("demo", "--epochs", "3", "--device", "cpu", "--out", str(out), "--report", str(report),
                        "--json", timeout=900)
     assert result.returncode == 0, result.stderr
+    assert "Warning" not in result.stderr, result.stderr  # e.g. torch's torch.jit.script FutureWarning
     summary = json.loads(result.stdout)
     assert summary["report"] == str(report) and summary["training"]["swa"]["epoch"] == 3
     assert [a["analysis"] for a in summary["analyses"]] == ["interpolate", "sharpness", "rays", "surface",

@@ -300,7 +300,7 @@ def test_torchvision_resnet18_every_analysis(project, user_modules, resnet, tmp_
     _, mydata = user_modules
     own_r18 = ["--model", "torchvision:resnet18", "--model-option", "num_classes=10", "--dataset", "mydata:images",
                "--device", "cpu"]
-    a, b = resnet / "r18_init.pt", resnet / "r18_ddp.pt"
+    a, mid, b = resnet / "r18_init.pt", resnet / "r18_step1.pt", resnet / "r18_ddp.pt"
     result = ok(landscape("interpolate", a, b, *own_r18, "--range", "0:1:2", "--bn", "keep", "-o",
                           tmp_path / "line.h5", cwd=project))
     assert "stripped the key prefix 'module.'" in result.stderr
@@ -311,7 +311,7 @@ def test_torchvision_resnet18_every_analysis(project, user_modules, resnet, tmp_
     assert load_result(tmp_path / "line.h5").metrics["test"]["loss"][1] == pytest.approx(loss1, rel=1e-4)
     for args in (["rays", b, "--rays", "1", "--distance", "0:1:2"], ["surface", b, "--grid", "2"],
                  ["sharpness", b, "--top-k", "1", "--no-sam", "--lanczos-steps", "6"],
-                 ["trajectory", a, b, a], ["segments", a, b, a, "--points", "2"], ["twopoint", a, b, a]):
+                 ["trajectory", a, mid, b], ["segments", a, mid, b, "--points", "2"], ["twopoint", a, mid, b]):
         ok(landscape(*args, *own_r18, "-o", tmp_path / f"{args[0]}.h5", cwd=project))
     model = torchvision.models.resnet18(num_classes=10)
     r = ls.interpolate(model, torch.load(a, weights_only=True), str(b), (train, test), alphas=[0.0, 1.0],

@@ -74,10 +74,12 @@ def train_resnet(out: Path) -> None:
     loader = torch.utils.data.DataLoader(train, batch_size=32, shuffle=True)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     first = copy.deepcopy(model.state_dict())
-    for x, y in loader:
+    for step, (x, y) in enumerate(loader):
         opt.zero_grad()
         F.cross_entropy(model(x), y).backward()
         opt.step()
+        if step == 0:
+            torch.save(model.state_dict(), out / "r18_step1.pt")
     torch.save(first, out / "r18_init.pt")
     torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, out / "r18_ddp.pt")
 
