@@ -142,7 +142,7 @@ def torch_load_safely(path: str | Path) -> Any:
         found = re.search(r"GLOBAL ([\w.]+)", text) or re.search(r"global '?([\w.]+)", text)
         what = f" ({found.group(1)})" if found else ""
         raise UserError(
-            f"{path}: holds pickled Python objects{what}, i.e. code, which is never run, so it was not loaded; "
+            f"{path}: refused: it holds pickled Python objects{what}, i.e. code, which is never run; "
             f"{SAVE_HINT} (or, only if you trust the file: torch.save(torch.load(PATH, weights_only=False)"
             ".state_dict(), NEW))"
         ) from None

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from landscape.checkpoint import FORMAT, atomic_torch_save, load_checkpoint, save_checkpoint
+from landscape.checkpoint import FORMAT, atomic_torch_save, load_checkpoint, resolve_specs, save_checkpoint
 from landscape.errors import UserError
 
 
@@ -41,10 +41,14 @@ def test_round_trip_and_plain_state_dict(tmp_path):
     assert ckpt.step == 7 and torch.equal(ckpt.state_dict["weight"], model.weight.detach())
 
     atomic_torch_save(model.state_dict(), tmp_path / "plain.pt")
+    plain = load_checkpoint(tmp_path / "plain.pt")  # read, but it does not say what it is
+    assert plain.model is None and torch.equal(plain.state_dict["weight"], model.weight.detach())
     with pytest.raises(UserError, match="--model"):
-        load_checkpoint(tmp_path / "plain.pt")
-    ckpt = load_checkpoint(tmp_path / "plain.pt", model=spec, data={"name": "mnist1d"})
-    assert ckpt.model["name"] == "mlp"
+        resolve_specs([plain])
+    model_spec, data_spec = resolve_specs([plain], model="mlp", model_options={"widths": []}, dataset="mnist1d")
+    assert model_spec == {"name": "mlp", "kwargs": {"widths": []}} and data_spec == {"name": "mnist1d"}
+    # a self-describing checkpoint lends its specs to a plain one scored beside it
+    assert resolve_specs([ckpt, plain])[0]["name"] == "mlp"
 
 
 @pytest.mark.parametrize("content", [b"", b"not a zip file at all", b"PK\x03\x04garbage"])

@@ -131,7 +131,7 @@ def test_bn_recompute_matches_swa_utils_update_bn(project, user_modules):
 def test_refusals_are_one_line(project):
     out = project / "out"
     line = one_line_error(landscape("interpolate", out / "plain.pt", out / "whole_model.pt", *own(project),
-                                    cwd=project), "holds pickled Python objects (mymodels.Net)")
+                                    cwd=project), "it holds pickled Python objects (mymodels.Net)")
     assert "torch.save(model.state_dict()" in line and "\x1b" not in line
     line = one_line_error(landscape("interpolate", out / "plain.pt", out / "wide.pt", *own(project), cwd=project),
                           "does not fit the model")
