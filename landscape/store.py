@@ -29,6 +29,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 from dataclasses import dataclass, field
@@ -310,6 +311,18 @@ def _mismatch(path: Path, old: _Identity, new: _Identity, hint: str) -> UserErro
     return None
 
 
+def hdf5_write_error(path: Path, exc: BaseException) -> UserError:
+    """One line for a failed HDF5 write. h5py raises RuntimeError or OSError with HDF5's own
+    text, which names the C errno ("errno = 28" for a full disk)."""
+    if isinstance(exc, OSError) and exc.errno:
+        return files.write_error(path, exc)
+    found = re.search(r"errno = (\d+)", str(exc))
+    if found:
+        code = int(found.group(1))
+        return files.write_error(path, OSError(code, os.strerror(code), str(path)))
+    return UserError(f"cannot write {path} ({' '.join(str(exc).split())[:200]})")
+
+
 def _holds_results(h5: h5py.File, ident: _Identity) -> bool:
     """Whether a file holds anything computed: a done point, or a dataset beyond the schema's."""
     if ident.splits and ident.metrics and bool(np.any(h5["done"][...])):
@@ -513,38 +526,37 @@ class ResultWriter:
     @staticmethod
     def _create(partial: Path, ident: _Identity, attrs: Mapping[str, Any]) -> h5py.File:
         """A fresh ``.partial``, built under a temporary name first so that a kill during
-        creation never leaves a file that looks like a result but lacks parts of one."""
-        with files.writing(partial):
-            tmp = files.new_temp(partial)  # the umask's permissions, as any other file
-            try:
-                with h5py.File(tmp, "w", track_order=True) as h5:  # attrs in schema order
-                    full = {k: v for k, v in attrs.items() if k != "analysis"}
-                    if full.get("subset", -1) is None:
-                        full["subset"] = -1
-                    _write_attrs(h5, {**full, "analysis": ident.analysis, "format": FORMAT,
-                                      "dims": list(ident.dims), "coords": list(ident.coords),
-                                      "splits": list(ident.splits), "metrics": list(ident.metrics)})
-                    if "created" not in full:
-                        h5.attrs["created"] = _now()
-                    for name, values in ident.coords.items():
-                        h5.create_dataset(name, data=values)
-                    shape = tuple(len(ident.coords[d]) for d in ident.dims)
-                    dims_attr = np.array(ident.dims, dtype=h5py.string_dtype())
-                    for split in ident.splits:
-                        for metric in ident.metrics:
-                            # A fill value, not an array of NaN: nothing grid-sized in memory.
-                            ds = h5.create_dataset(f"{split}/{metric}", shape=shape, dtype=np.float64,
-                                                   fillvalue=np.nan)
-                            ds.attrs["dims"] = dims_attr
-                    # Without metrics there is nothing to compute per point.
-                    done = h5.create_dataset("done", shape=shape, dtype=bool,
-                                             fillvalue=not ident.metrics or not ident.splits)
-                    done.attrs["dims"] = dims_attr
-                os.replace(tmp, partial)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            return h5py.File(partial, "r+")
+        creation never leaves a file that looks like a result but lacks parts of one.
+
+        The file is built in memory and written with one plain write: every array is there
+        in full, so the disk space a result needs is taken before any compute (a full disk is
+        an OSError here, not an HDF5 failure hours later), and the writes of points later
+        overwrite bytes that are already there."""
+        name = f"{partial.name}.{os.getpid()}.image"  # an in-memory file: the name only labels it
+        with h5py.File(name, "w", driver="core", backing_store=False, track_order=True) as h5:
+            full = {k: v for k, v in attrs.items() if k != "analysis"}
+            if full.get("subset", -1) is None:
+                full["subset"] = -1
+            _write_attrs(h5, {**full, "analysis": ident.analysis, "format": FORMAT,
+                              "dims": list(ident.dims), "coords": list(ident.coords),
+                              "splits": list(ident.splits), "metrics": list(ident.metrics)})
+            if "created" not in full:
+                h5.attrs["created"] = _now()
+            for coord, values in ident.coords.items():
+                h5.create_dataset(coord, data=values)
+            shape = tuple(len(ident.coords[d]) for d in ident.dims)
+            dims_attr = np.array(ident.dims, dtype=h5py.string_dtype())
+            for split in ident.splits:
+                for metric in ident.metrics:
+                    ds = h5.create_dataset(f"{split}/{metric}", data=np.full(shape, np.nan))
+                    ds.attrs["dims"] = dims_attr
+            # Without metrics there is nothing to compute per point.
+            done = h5.create_dataset("done", data=np.full(shape, not ident.metrics or not ident.splits))
+            done.attrs["dims"] = dims_attr
+            h5.flush()
+            image = h5.id.get_file_image()
+        files.atomic_write_bytes(partial, image)  # one line on a full disk; the umask's permissions
+        return _open(partial, "r+")
 
     # -- writing
 
@@ -619,12 +631,12 @@ class ResultWriter:
         not keep it readable)."""
         try:
             yield
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:  # h5py reports a failed write as either
             try:
                 self.close()
             except Exception:
                 pass
-            raise files.write_error(self.partial, exc) from None
+            raise hdf5_write_error(self.partial, exc) from None
 
     def close(self) -> None:
         """Close the ``.partial`` without finishing (a clean interruption; resumable)."""
@@ -643,10 +655,11 @@ class ResultWriter:
         if n := len(self.pending()):
             raise RuntimeError(f"finish() with {n} of {self.size} points still pending")
         try:
+            if self._h5 is not None:
+                with self._writing():  # a failed final flush (full disk) is one line; the .partial stays
+                    self._h5.close()
+                self._h5 = None
             with files.writing(self.path):
-                if self._h5 is not None:
-                    h5, self._h5 = self._h5, None
-                    h5.close()
                 _fsync(self.partial)  # the rename must not land before the data does
                 os.replace(self.partial, self.path)
         finally:
