@@ -334,6 +334,9 @@ def _holds_results(h5: h5py.File, ident: _Identity) -> bool:
     return bool(extra)
 
 
+MAX_POINTS = 1_000_000_000  # days of compute at a millisecond a point, whatever the machine
+
+
 def check_size(path: Path, shape: tuple[int, ...], arrays: int) -> None:
     """UserError when a grid of ``shape`` cannot be held: checked before anything is allocated.
 
@@ -346,6 +349,9 @@ def check_size(path: Path, shape: tuple[int, ...], arrays: int) -> None:
     if points <= 1_000_000:
         return
     grid = " x ".join(map(str, shape))
+    if points > MAX_POINTS:
+        raise UserError(f"a grid of {points:,} points ({grid}) is more than the {MAX_POINTS:,} any analysis "
+                        "computes in reasonable time; use fewer points")
     memory, available = 24 * points, _available_memory()
     if available is not None and memory > available:
         raise UserError(f"a grid of {points:,} points ({grid}) needs about {_gb(memory)} of memory, more than "
