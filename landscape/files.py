@@ -57,20 +57,6 @@ def writing(path: PathLike) -> Iterator[None]:
         raise write_error(path, exc) from None
 
 
-def umask() -> int:
-    """The process umask, read without changing it (``os.umask`` can only set it)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    old = os.umask(0o022)  # no /proc: set and restore (not thread-safe, but nothing else is possible)
-    os.umask(old)
-    return old
-
-
 def new_temp(path: PathLike, suffix: str = ".tmp") -> Path:
     """Create an empty, hidden temporary file beside ``path`` and return its name.
 
@@ -212,7 +198,10 @@ class Lock:
         return self._fd is not None
 
     def __del__(self) -> None:
-        self.release()  # dropped while held (an abandoned writer): let go, as the process's end would
+        try:
+            self.release()  # dropped while held (an abandoned writer): let go, as the process's end would
+        except Exception:  # at interpreter exit the modules it needs may be gone; the kernel lets go then
+            pass
 
     def __enter__(self) -> "Lock":
         return self.acquire()

@@ -7,7 +7,6 @@ import copy
 import json
 import math
 import re
-import textwrap
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
