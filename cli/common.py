@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -251,7 +252,7 @@ def report_result(path: Path, as_json: bool) -> None:
         table.add_row(split, str(summary["points"]), fmt(s["min_loss"]), fmt(s["max_loss"]),
                       fmt(s["max_accuracy"], True), str(s["diverged_points"]))
     console.print(table)
-    say("result: ", bold(path), f"  (draw it with: landscape plot {path})")
+    say("result: ", bold(path), f"  (draw it with: landscape plot {shlex.quote(str(path))})")
 
 
 def run_analysis(label: str, source: ModelAndData, evaluation: Evaluation, runtime: Runtime,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shlex
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -96,7 +97,7 @@ def register(app: typer.Typer) -> None:
             print_json(summary)
             return
         console.print(summary_table(summary))
-        say("result: ", bold(path), f"  (draw it with: landscape plot {path})")
+        say("result: ", bold(path), f"  (draw it with: landscape plot {shlex.quote(str(path))})")
 
 
 def default_output(checkpoint: Path | None, along: Path | None) -> Path:

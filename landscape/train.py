@@ -525,10 +525,11 @@ def train_optimizer(
                 "data_rng": data_rng.get_state(),
             }, resume_path)
         last = line
-        if not warned and not all(math.isfinite(line[k]) for k in ("train_loss_running", "train_loss")):
+        bad = [k for k in ("train_loss", "train_loss_running") if not math.isfinite(line[k])]
+        if bad and not warned:
             warned = True  # once per run: every later epoch is NaN too
-            log.warning("%s diverged in epoch %d (training loss %s); the run goes on, but its numbers are "
-                        "NaN/inf from here: a smaller --lr usually helps", name, epoch, line["train_loss_running"])
+            log.warning("%s diverged in epoch %d (%s %s); the run goes on, but its numbers are NaN/inf from here: "
+                        "a smaller --lr usually helps", name, epoch, bad[0].replace("_", " "), line[bad[0]])
         if progress:
             progress({"optimizer": name, "epoch_done": epoch, "epochs": cfg.epochs, "metrics": line})
 
