@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import secrets
 from contextlib import contextmanager
@@ -168,8 +169,13 @@ class Lock:
                     who = f" (process {holder})" if holder else ""
                     raise UserError(f"{self.what} is in use by another landscape process{who}; wait for it "
                                     "to finish, or choose another output") from None
-                except OSError:
+                except OSError as exc:
                     os.close(fd)
+                    if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP):  # some network file systems
+                        logging.getLogger("landscape").info(
+                            "%s: this file system cannot lock files; nothing stops a second process writing "
+                            "the same %s", self.path, self.what)
+                        return self
                     raise
                 try:
                     same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
