@@ -581,6 +581,18 @@ def test_item5_full_disk_surface_and_plot_are_one_line(run, tmp_path):
 # ============================================================================ 6. Ctrl-C
 
 
+@contextmanager
+def running(*args: str) -> Iterator[subprocess.Popen]:
+    """A `landscape` process that never outlives the test, whatever happens in it."""
+    proc = start(*args)
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:  # not yet reaped by the test
+            proc.kill()  # SIGKILL: no cleanup at all, as a crash
+            proc.communicate()
+
+
 def _interrupt(proc: subprocess.Popen) -> tuple[int, str]:
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
@@ -589,11 +601,11 @@ def _interrupt(proc: subprocess.Popen) -> tuple[int, str]:
 
 def test_item6_ctrl_c_during_train_says_what_was_kept_and_how_to_resume(tmp_path):
     out = tmp_path / "run"
-    proc = start("train", *SMALL, "--epochs", "500", "--out", str(out))
     metrics = out / "sgd" / "metrics.jsonl"
-    wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 1 or proc.poll() is not None,
-             what="the first epoch")
-    code, err = _interrupt(proc)
+    with running("train", *SMALL, "--epochs", "500", "--out", str(out)) as proc:
+        wait_for(lambda: metrics.exists() and metrics.read_text().count("\n") >= 1 or proc.poll() is not None,
+                 what="the first epoch")
+        code, err = _interrupt(proc)
     assert code == 130
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and "sgd epochs 1-" in lines[0] and "--resume" in lines[0], err
@@ -602,10 +614,10 @@ def test_item6_ctrl_c_during_train_says_what_was_kept_and_how_to_resume(tmp_path
 
 def test_item6_ctrl_c_during_an_analysis_says_what_was_kept(run, tmp_path):
     out = tmp_path / "s.h5"
-    proc = start("surface", str(run / "sgd" / "final.pt"), *SMALL, "--grid", "301", "-o", str(out))
-    wait_for(lambda: Path(f"{out}.partial").exists() or proc.poll() is not None, what="the .partial file")
-    time.sleep(1)
-    code, err = _interrupt(proc)
+    with running("surface", str(run / "sgd" / "final.pt"), *SMALL, "--grid", "301", "-o", str(out)) as proc:
+        wait_for(lambda: Path(f"{out}.partial").exists() or proc.poll() is not None, what="the .partial file")
+        time.sleep(1)
+        code, err = _interrupt(proc)
     assert code == 130
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and f"{out}.partial" in lines[0] and "same command" in lines[0], err
@@ -616,18 +628,16 @@ def test_item6_ctrl_c_during_an_analysis_says_what_was_kept(run, tmp_path):
 
 def test_item7_a_second_trainer_of_the_same_run_is_refused_and_a_killed_one_strands_nothing(tmp_path):
     out = tmp_path / "run"
-    first = start("train", *SMALL, "--epochs", "500", "--out", str(out))
-    try:
-        metrics = out / "sgd" / "metrics.jsonl"
+    metrics = out / "sgd" / "metrics.jsonl"
+    with running("train", *SMALL, "--epochs", "500", "--out", str(out)) as first:
         wait_for(lambda: metrics.exists() and metrics.stat().st_size > 0 or first.poll() is not None,
                  what="the first trainer's first epoch")
+        assert first.poll() is None
         with pytest.raises(UserError, match="in use by another landscape process"):
             train(TrainConfig(optimizers=["sgd"], epochs=500, data_options=DATA, device="cpu"), out, resume=True)
         one_line_error(landscape("train", *SMALL, "--epochs", "500", "--out", str(out), "--force"), "in use")
         assert (out / "sgd" / "checkpoints" / "epoch_0000.pt").exists()  # --force deleted nothing
-    finally:
-        first.kill()  # SIGKILL: no cleanup at all
-        first.wait()
+    # `running` killed it with SIGKILL: no cleanup at all.
     with files.Lock(out / ".lock", "the run"):  # the kernel released it with the process
         pass
 
