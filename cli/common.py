@@ -6,6 +6,8 @@ Imported by every command module; it imports none of them.
 from __future__ import annotations
 
 import json
+import math
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -15,12 +17,82 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
     TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from cli.options import Evaluation, ModelAndData, Runtime
 from landscape.errors import UserError
 
-console = Console()
-err_console = Console(stderr=True)
+# Every string printed may hold user text (paths, option values, names from files): rich
+# must never read it as markup ("[/bold]", "[v2]") or emoji codes (":-1:", ":smile:"), nor
+# break a long path across lines. Style comes from Text objects (`bold`, `say`), never from
+# markup in strings.
+console = Console(markup=False, emoji=False, soft_wrap=True)
+err_console = Console(stderr=True, markup=False, emoji=False, highlight=False, soft_wrap=True)
+
+
+def bold(text: Any) -> Text:
+    return Text(str(text), style="bold")
+
+
+def say(*parts: str | Text, to: Console | None = None) -> None:
+    """One line from plain strings (printed literally) and styled :class:`Text` pieces."""
+    (to or console).print(Text.assemble(*parts))
+
+
+def error_line(message: str) -> Text:
+    """``error: MESSAGE`` with MESSAGE literal, on one line (newlines in it become spaces)."""
+    return Text.assemble(("error:", "bold red"), " ", " ".join(str(message).split()))
+
+
+def print_json(obj: Any) -> None:
+    """``obj`` as JSON on stdout. NaN and inf (a diverged run) are not JSON: they are written as
+    null, and a note on stderr says how many were."""
+    count = [0]
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            count[0] += 1
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    text = json.dumps(clean(obj), indent=2, allow_nan=False, default=str)
+    print(text)
+    if count[0]:
+        err_console.print(f"note: {count[0]} value(s) were NaN or inf (diverged) and are written as null")
+
+
+# What an interruption (Ctrl-C) leaves behind, said by the command that is running.
+_interrupt_notes: list[Callable[[], str]] = []
+
+
+def on_interrupt(note: Callable[[], str]) -> None:
+    """Register the one line to print if the command is interrupted (the latest one wins)."""
+    _interrupt_notes.append(note)
+
+
+def interrupt_message() -> str:
+    for note in reversed(_interrupt_notes):
+        try:
+            return note()
+        except Exception:  # a note must never turn Ctrl-C into a traceback
+            continue
+    return "interrupted; nothing was written"
+
+
+def analysis_interrupted() -> str:
+    """What an interrupted analysis kept: the points in its .partial file, and how to go on."""
+    from landscape.store import unfinished
+
+    kept = unfinished()
+    if not kept:
+        return "interrupted before any result was written; nothing was kept"
+    partial, done, total = kept[-1]
+    return (f"interrupted; {done} of {total} points are kept in {partial}: run the same command again to "
+            "continue from there")
 
 
 def parse_options(pairs: list[str] | None, flag: str) -> dict[str, Any]:
@@ -198,7 +270,7 @@ def result_summary(path: Path) -> dict[str, Any]:
 def report_result(path: Path, as_json: bool) -> None:
     summary = result_summary(path)
     if as_json:
-        print(json.dumps(summary, indent=2))
+        print_json(summary)
         return
     table = Table(title=f"landscape {summary['analysis']} -> {path}", caption=threads_note())
     for column in ("split", "points", "min loss", "max loss", "best acc", "diverged (NaN/inf)"):
@@ -208,13 +280,14 @@ def report_result(path: Path, as_json: bool) -> None:
         table.add_row(split, str(summary["points"]), fmt(s["min_loss"]), fmt(s["max_loss"]),
                       fmt(s["max_accuracy"], True), str(s["diverged_points"]))
     console.print(table)
-    console.print(f"result: [bold]{path}[/bold]  (draw it with: landscape plot {path})")
+    say("result: ", bold(path), f"  (draw it with: landscape plot {shlex.quote(str(path))})")
 
 
 def run_analysis(label: str, source: ModelAndData, evaluation: Evaluation, runtime: Runtime,
                  run: Callable[[Any], Path]) -> None:
     """Run one analysis with a progress bar, then print its summary (a table, or JSON with --json)."""
     display = err_console if evaluation.as_json else console
+    on_interrupt(analysis_interrupted)
     with PointProgress(label, display) as progress:
         path = run(analysis_options(source, evaluation, runtime, progress))
     report_result(Path(path), evaluation.as_json)

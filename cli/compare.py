@@ -6,7 +6,6 @@ Thin: parses, calls :func:`landscape.compare.compare`, prints. Its training opti
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -14,7 +13,8 @@ from typing import Annotated, Any, Optional
 import typer
 from rich.table import Table
 
-from cli.common import TrainProgress, apply_runtime, command_line, console, err_console
+from cli.common import TrainProgress, apply_runtime, bold, command_line, console, err_console, on_interrupt, \
+    print_json, say
 from cli.options import ModelAndData, Runtime, Training, grouped
 from cli.train import train_config
 
@@ -81,7 +81,7 @@ def compare(
             display.print(f"--budget: timing {event['epochs']} epochs of {', '.join(event['optimizers'])}")
         elif kind == "budget":
             how = "as chosen before" if event.get("reused") else f"predicted {event['predicted_seconds']:.0f} s"
-            display.print(f"--budget {event['seconds']:g} s: [bold]{event['epochs']} epochs[/bold] per run ({how})")
+            say(f"--budget {event['seconds']:g} s: ", bold(f"{event['epochs']} epochs"), f" per run ({how})", to=display)
         elif kind == "sharpness":
             display.print(f"[{event['index']}/{event['total']}] sharpness of {event['checkpoint']}")
         elif kind in ("run", "skip"):
@@ -92,24 +92,26 @@ def compare(
             display.print(f"[{event['index']}/{event['total']}] {where}: {', '.join(run.optimizers)} ({what})")
 
     command = command_line()
+    on_interrupt(lambda: f"interrupted; finished runs and epochs are kept in {out}: run the same command again to "
+                         "continue")
     with TrainProgress(display) as progress:
         result = cmp.compare(cfg, out, seeds=seeds, first_seed=seed, sweep=sweep, baseline=baseline,
                              budget=budget, sharpness=sharpness, sharpness_subset=sharpness_subset or None,
                              force=force, command=command, progress=progress, on_event=on_event)
     table = result.table
     if as_json:
-        print(json.dumps({
+        print_json({
             "out": str(out), "h5": str(result.h5), "csv": str(result.csv), "epochs": table.epochs,
             "seeds": table.seeds, "baseline": table.baseline, "sweep": table.sweep_key,
             "std": cmp.STD_METHOD, "ci": cmp.CI_METHOD, "budget": result.budget,
             "trained": [str(r.directory) for r in result.trained],
             "skipped": [str(r.directory) for r in result.skipped],
             "rows": table.to_records(),
-        }, indent=2))
+        })
         return
     console.print(rich_table(table, f"landscape compare -> {out}"))
     console.print(caption(table))
-    console.print(f"results: [bold]{result.h5}[/bold], [bold]{result.csv}[/bold]  (page: landscape report {out})")
+    say("results: ", bold(result.h5), ", ", bold(result.csv), f"  (page: landscape report {out})")
 
 
 def _pm(mean: float, std: float, scale: float, digits: int) -> str:

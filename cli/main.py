@@ -1,9 +1,12 @@
 """The `landscape` command line: parses, calls `landscape`, prints with rich.
 
 No science lives here. A `UserError` from the library becomes one line on stderr and a
-non-zero exit; anything else is a bug and keeps its traceback. Commands live in their own
-modules (train, analyses, sharpness, compare, render); the options several of them share
-are declared once in cli/options.py.
+non-zero exit (2); so do the machine's own limits, wherever they strike: a file that cannot
+be written (full disk, read-only, no permission), memory running out (exit 1). Ctrl-C prints
+what was kept and how to go on (exit 130). Anything else is a bug and keeps its traceback.
+Every message prints user text literally (no rich markup, no emoji codes). Commands live in
+their own modules (train, analyses, sharpness, compare, render); the options several of
+them share are declared once in cli/options.py.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Annotated
 import typer
 
 from cli import analyses, compare, render, sharpness, train
-from cli.common import err_console
+from cli.common import err_console, error_line, interrupt_message
 from landscape.errors import UserError
 
 app = typer.Typer(
@@ -55,7 +58,8 @@ class _NoteHandler(logging.Handler):
     """The library's notes (e.g. a key prefix stripped from a foreign checkpoint) as plain stderr lines."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        err_console.print(f"note: {record.getMessage()}", highlight=False, markup=False, soft_wrap=True)
+        kind = "warning" if record.levelno >= logging.WARNING else "note"
+        err_console.print(f"{kind}: {' '.join(record.getMessage().split())}")
 
 
 def main() -> None:
@@ -65,11 +69,19 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)  # usage errors come here, to be one line like ours
     except UserError as exc:
-        err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(error_line(str(exc)))
         sys.exit(2)
     except (KeyboardInterrupt, typer.Abort):
-        err_console.print("interrupted; finished epochs are saved, rerun with --resume to continue")
+        err_console.print(interrupt_message())
         sys.exit(130)
+    except MemoryError:
+        err_console.print(error_line("out of memory; use fewer points, a smaller --batch-size or --subset"))
+        sys.exit(1)
+    except OSError as exc:
+        # A write the library did not expect to fail (each known one is a UserError already).
+        where = f" ({exc.filename})" if exc.filename else ""
+        err_console.print(error_line(f"{exc.strerror or exc}{where}"))
+        sys.exit(1)
     except Exception as exc:
         # A command-line usage error (click's ClickException, vendored by newer typer).
         if not (hasattr(exc, "format_message") and isinstance(getattr(exc, "exit_code", None), int)):
@@ -79,9 +91,10 @@ def main() -> None:
             sys.exit(0)
         ctx = getattr(exc, "ctx", None)
         where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-        err_console.print(f"[bold red]error:[/bold red] {exc.format_message()}{where}", highlight=False,
-                          soft_wrap=True)
+        err_console.print(error_line(f"{exc.format_message()}{where}"))
         sys.exit(exc.exit_code)
+    if code == 130:  # typer turns Ctrl-C (KeyboardInterrupt) into a silent exit code 130
+        err_console.print(interrupt_message())
     sys.exit(code if isinstance(code, int) else 0)
 
 

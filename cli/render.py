@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
 
-from cli.common import PointProgress, TrainProgress, apply_runtime, console, err_console, open_in_browser, \
-    training_table
+from cli.common import PointProgress, TrainProgress, apply_runtime, bold, console, err_console, on_interrupt, \
+    open_in_browser, print_json, say, training_table
 from cli.options import Runtime, grouped
 
 Open = Annotated[bool, typer.Option("--open", help="Open it in the default browser")]
@@ -39,8 +38,8 @@ def plot(
     path = plots.plot_result(result, out)
     if png:
         plots.save_png(plots.figure(result), png)
-        console.print(f"png: [bold]{png}[/bold]")
-    console.print(f"plot: [bold]{path}[/bold]")
+        say("png: ", bold(png))
+    say("plot: ", bold(path))
     if open_:
         open_in_browser(path)
 
@@ -55,7 +54,7 @@ def report(
     from landscape import plots
 
     path = plots.report(run_dir, out)
-    console.print(f"report: [bold]{path}[/bold]")
+    say("report: ", bold(path))
     if open_:
         open_in_browser(path)
 
@@ -74,15 +73,16 @@ def demo(
 
     apply_runtime(runtime)
     display = err_console if as_json else console
+    on_interrupt(lambda: f"interrupted; what is finished is kept in {out}: run the same command again to continue")
     with TrainProgress(display) as progress, PointProgress("analyses", display) as points:
         summary = run_demo(out, report_path, epochs=epochs, device=runtime.device, train_progress=progress,
                            point_progress=points)
     if as_json:
-        print(json.dumps({
+        print_json({
             "training": {r.name: {"directory": str(r.directory), **r.final} for r in summary.training},
             "analyses": [{"analysis": name, "file": str(path), "seconds": seconds}
                          for name, path, seconds in summary.analyses],
-            "report": str(summary.report)}, indent=2))
+            "report": str(summary.report)})
     else:
         print_demo_summary(summary)
     if open_:
@@ -97,4 +97,4 @@ def print_demo_summary(summary: Any) -> None:
     for name, path, seconds in summary.analyses:
         table.add_row(name, str(path), f"{seconds:.1f}")
     console.print(table)
-    console.print(f"report: [bold]{summary.report}[/bold]")
+    say("report: ", bold(summary.report))

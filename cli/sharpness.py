@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import json
+import shlex
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
 
-from cli.common import PointProgress, analysis_options, console, err_console
+from cli.common import PointProgress, analysis_interrupted, analysis_options, bold, console, err_console, \
+    on_interrupt, print_json, say
 from cli.options import Evaluation, ModelAndData, Runtime, grouped
 from landscape.errors import UserError
 
@@ -89,14 +90,15 @@ def register(app: typer.Typer) -> None:
             out = default_output(checkpoint, along)
         display = err_console if evaluation.as_json else console
         unit = "points" if along else "Hessian-vector products"
+        on_interrupt(analysis_interrupted)
         with PointProgress("sharpness", display, unit) as progress:
             path = run(checkpoint, out, sopts, analysis_options(source, evaluation, runtime, progress))
         summary = summarize(path)
         if evaluation.as_json:
-            print(json.dumps(summary, indent=2))
+            print_json(summary)
             return
         console.print(summary_table(summary))
-        console.print(f"result: [bold]{path}[/bold]  (draw it with: landscape plot {path})")
+        say("result: ", bold(path), f"  (draw it with: landscape plot {shlex.quote(str(path))})")
 
 
 def default_output(checkpoint: Path | None, along: Path | None) -> Path:

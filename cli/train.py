@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
-from cli.common import TrainProgress, apply_runtime, console, err_console, parse_options, training_table
+from cli.common import TrainProgress, apply_runtime, bold, console, err_console, on_interrupt, parse_options, \
+    print_json, say, training_table
 from cli.options import ModelAndData, Runtime, Training, grouped
 
 EPILOG = (
@@ -69,10 +69,25 @@ def train(
     cfg = train_config(optimizer, epochs, seed, source, training, runtime)
     cfg.save_every_steps = save_every_steps
     display = err_console if as_json else console
+    on_interrupt(lambda: train_interrupted(out))
     with TrainProgress(display) as progress:
         results = run_training(cfg, out, resume=resume, force=force, progress=progress)
     if as_json:
-        print(json.dumps({r.name: {"directory": str(r.directory), **r.final} for r in results}, indent=2))
+        print_json({r.name: {"directory": str(r.directory), **r.final} for r in results})
     else:
         console.print(training_table(results, f"landscape train -> {out}"))
-        console.print(f"run directory: [bold]{out}[/bold]")
+        say("run directory: ", bold(out))
+
+
+def train_interrupted(out: Path) -> str:
+    """What an interrupted `landscape train` kept, and the command that continues it."""
+    from cli.common import command_line
+    from landscape.train import finished_epochs
+
+    done = finished_epochs(out)
+    command = command_line()
+    command += "" if " --resume " in f"{command} " else " --resume"
+    if not any(done.values()):
+        return f"interrupted before the first epoch finished; start again with: {command}"
+    kept = ", ".join(f"{name} epochs 1-{n}" if n else f"{name} no epoch" for name, n in done.items())
+    return f"interrupted; kept in {out}: {kept}; continue with: {command}"

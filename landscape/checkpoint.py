@@ -12,11 +12,10 @@ to the model (:func:`fit_state_dict`).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
 import pickle
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any, Callable
 
 import torch
 
+from landscape import files
 from landscape.errors import UserError
 from landscape.factories import is_user_factory
 
@@ -33,26 +33,23 @@ FORMAT = "landscape-checkpoint/1"
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` for a temp file beside ``path``, then rename it into place.
 
-    A reader never sees a half-written file, and a kill mid-write leaves the old one.
+    A reader never sees a half-written file, and a kill mid-write leaves the old one. The
+    file gets the umask's permissions; a failed write is one line naming ``path``
+    (see :mod:`landscape.files`).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    files.atomic_write(path, write)
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))
+    files.atomic_write_text(path, text)
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    # Serialized in memory first: torch's zip writer reports a full disk as a RuntimeError
+    # ("enforce fail at inline_container.cc"), a plain write as the OSError it is.
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    files.atomic_write_bytes(path, buffer.getbuffer())
 
 
 def cpu_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -626,7 +626,9 @@ class Engine:
         out: Results = {}
         for s, (loss, correct) in sums.items():
             size = self.sizes[s]
-            out[s] = {"loss": loss.cpu().numpy() / size, "accuracy": correct.cpu().numpy().astype(np.float64) / size}
+            acc = correct.cpu().numpy().astype(np.float64) / size
+            acc[acc < 0] = np.nan  # a diverged point (non-finite logits) has no accuracy
+            out[s] = {"loss": loss.cpu().numpy() / size, "accuracy": acc}
         return out
 
     def _load(self, point: Tensor) -> None:
@@ -644,13 +646,15 @@ class Engine:
     def _score(self, split: Split) -> tuple[Tensor, Tensor]:
         loss = torch.zeros((), dtype=torch.float64, device=self.device)
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        undefined = torch.zeros((), dtype=torch.bool, device=self.device)
         for x, y in self._batches(split, self.score_batch):
             with self._autocast():
                 logits = self.model(x)
             logits = logits.float()
             loss += F.cross_entropy(logits, y, reduction="none").double().sum()
             correct += (logits.argmax(dim=1) == y).sum()
-        return loss, correct
+            undefined |= ~torch.isfinite(logits).all()  # argmax of NaN/inf logits is no prediction
+        return loss, torch.where(undefined, -1, correct)  # -1: accuracy NaN (see _evaluate_block)
 
     def _recompute_bn(self) -> None:
         """``update_bn`` on the train split: reset, momentum None (cumulative mean), one pass.
@@ -697,12 +701,14 @@ class Engine:
         k = len(points)
         loss = torch.zeros(k, dtype=torch.float64, device=self.device)
         correct = torch.zeros(k, dtype=torch.int64, device=self.device)
+        undefined = torch.zeros(k, dtype=torch.bool, device=self.device)
         for x, y in self._batches(split, self.batch_size, channels_last=False):
             logits = self._vmap_logits(points, x).float()  # (K, B, C)
             ce = F.cross_entropy(logits.flatten(0, 1), y.repeat(k), reduction="none").view(k, -1)
             loss += ce.double().sum(dim=1)
             correct += (logits.argmax(dim=2) == y).sum(dim=1)
-        return loss, correct
+            undefined |= ~torch.isfinite(logits).flatten(1).all(dim=1)
+        return loss, torch.where(undefined, -1, correct)
 
 
 # --------------------------------------------------------------------------- small helpers

@@ -6,6 +6,7 @@ same kind of number: a per-sample mean over the whole split, accumulated in floa
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import torch
@@ -45,11 +46,13 @@ def evaluate(
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=x.device)
     correct = torch.zeros((), dtype=torch.int64, device=x.device)
+    undefined = torch.zeros((), dtype=torch.bool, device=x.device)
     for start in range(0, len(x), batch_size):
         logits = model(x[start : start + batch_size])
         target = y[start : start + batch_size]
         loss_sum += F.cross_entropy(logits.float(), target, reduction="sum").double()
         correct += (logits.argmax(dim=1) == target).sum()
+        undefined |= ~torch.isfinite(logits).all()  # argmax of NaN/inf logits is no prediction
     model.train(was_training)
     n = len(x)
-    return loss_sum.item() / n, correct.item() / n
+    return loss_sum.item() / n, math.nan if undefined.item() else correct.item() / n

@@ -561,8 +561,11 @@ class Tridiagonal:
         return np.diag(self.alpha) + np.diag(self.beta, 1) + np.diag(self.beta, -1)
 
     def ritz(self) -> tuple[np.ndarray, np.ndarray]:
-        """Ritz values (ascending) and the eigenvectors of T (columns)."""
-        return np.linalg.eigh(self.matrix())
+        """Ritz values (ascending) and the eigenvectors of T (columns); NaN at a diverged point."""
+        t = self.matrix()
+        if not np.isfinite(t).all():  # NaN/inf curvature: eigh would raise LinAlgError
+            return np.full(len(t), np.nan), np.full(t.shape, np.nan)
+        return np.linalg.eigh(t)
 
 
 def lanczos_tridiagonals(
@@ -764,6 +767,8 @@ def lanczos(
         return theta, s, np.abs(t.last_beta * s[-1]), roundoff(dtype, float(np.abs(theta).max()))
 
     def converged(t: Tridiagonal) -> bool:
+        if not (np.isfinite(t.alpha).all() and np.isfinite(t.beta).all()):
+            return True  # a diverged point: more steps cannot help, its eigenvalues are NaN
         if t.steps < min_steps:
             return False
         theta, _, res, floor = status(t)
@@ -792,7 +797,7 @@ def lanczos(
     if return_vectors and run.basis is not None:
         vectors = (torch.as_tensor(s[:, top].T, dtype=torch.float64, device=run.basis.device)
                    @ run.basis.double()).to(dtype)
-    done = run.steps >= dim or converged(run)
+    done = (run.steps >= dim or converged(run)) and bool(np.isfinite(theta).all())
     return LanczosResult(theta[top], res[top], theta[low] if low is not None else None,
                          res[low] if low is not None else None, theta, run.steps, bool(done), tol, vectors,
                          floor, run.basis if return_basis else None, float(run.alpha.sum()))

@@ -15,6 +15,7 @@ Run directory (DESIGN.md)::
 from __future__ import annotations
 
 import json
+import logging
 import math
 import platform
 import shutil
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import update_bn
 
 import landscape
-from landscape import distributed
+from landscape import distributed, files
 from landscape.checkpoint import (
     atomic_torch_save,
     atomic_write_text,
@@ -57,6 +58,7 @@ from landscape.optim import (
 )
 from landscape.optim import schedules
 
+log = logging.getLogger("landscape")
 OPTIMIZERS = ("sgd", "asgd", "swa", "phase", "sam", "asam", "lookahead")
 AVERAGING = ("asgd", "swa", "phase")  # always produce averaged.pt
 DEFAULT_MODEL = {"mnist1d": "cnn1d"}  # image datasets default to resnet20
@@ -217,6 +219,9 @@ class TrainConfig:
         Idempotent: resolving a resolved config changes nothing.
         """
         cfg = TrainConfig(**asdict(self))
+        for name, value in asdict(cfg).items():  # inf/NaN pass every "> 0" check, then train to NaN
+            _check(not isinstance(value, float) or math.isfinite(value),
+                   f"--{name.replace('_', '-')} must be a finite number, got {value}")
         preset = None
         if cfg.preset is not None:
             if cfg.preset not in PRESETS:
@@ -296,6 +301,8 @@ class TrainConfig:
             cfg.swa_lr_max = cfg.lr
         _check(cfg.rho is None or cfg.rho > 0, f"--rho must be > 0, got {cfg.rho}")
         _check(cfg.asam_eta >= 0, "--asam-eta must be >= 0")
+        for name in cfg.optimizers:
+            _schedule(name, cfg)  # the schedules check their own settings: before anything is written
         return cfg
 
 
@@ -309,7 +316,10 @@ def model_spec(cfg: TrainConfig, data: Dataset) -> dict[str, Any]:
 
 
 def lr_schedule(name: str, cfg: TrainConfig) -> LRSchedule:
-    cfg = cfg.resolved()
+    return _schedule(name, cfg.resolved())
+
+
+def _schedule(name: str, cfg: TrainConfig) -> LRSchedule:
     if cfg.schedule == "phases":
         base = schedules.phases(schedules.parse_phases(cfg.phases))
     elif cfg.schedule == "cosine":
@@ -399,13 +409,28 @@ class RunExists(UserError):
     pass
 
 
-def prepare_run_dir(out: Path, optimizers: list[str], *, resume: bool, force: bool) -> None:
-    """Refuse to overwrite a run by accident; --force replaces it, --resume continues it."""
+LOCK = ".lock"  # RUN/.lock: held by the process training the run (see landscape.files.Lock)
+
+
+def check_run_dir(out: Path, *, resume: bool, force: bool, lock: files.Lock | None = None) -> bool:
+    """Refuse what is refused before any work: --out a file, or a run already there without
+    --resume/--force, or not writable; then take ``lock`` (a second process training the same
+    run is refused). Nothing is deleted here. Returns whether a run is already there."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory")
-    existing = out.exists() and any(out.iterdir())
+    existing = out.exists() and any(p.name != LOCK for p in out.iterdir())
     if existing and not (resume or force):
         raise RunExists(f"--out {out}: a run is already there; add --resume to continue it or --force to replace it")
+    make_writable_dir(out)
+    if lock is not None and not lock.held:
+        lock.acquire()
+    return existing
+
+
+def prepare_run_dir(out: Path, optimizers: list[str], *, resume: bool, force: bool,
+                    lock: files.Lock | None = None) -> None:
+    """Refuse to overwrite a run by accident; --force replaces it, --resume continues it."""
+    existing = check_run_dir(out, resume=resume, force=force, lock=lock)
     if force and not resume and existing:
         if not (out / "config.json").exists():
             raise UserError(f"--out {out}: not empty and not a landscape run; refusing to delete it")
@@ -448,9 +473,10 @@ def train(
     cfg = cfg.resolved()
     out = Path(out)
     config_path = out / "config.json"
+    lock = files.Lock(out / LOCK, f"run directory {out}")
 
     def prepare() -> None:
-        prepare_run_dir(out, cfg.optimizers, resume=resume, force=force)
+        prepare_run_dir(out, cfg.optimizers, resume=resume, force=force, lock=lock)
         if resume and config_path.exists():
             # Settings added after the run was made take the values their defaults resolve
             # to for that run's other settings (resolving a resolved config is a no-op).
@@ -469,10 +495,20 @@ def train(
     # Under torchrun (DistributedDataParallel) rank 0 alone touches the run directory; an
     # error there is the same one-line error on every rank.
     distributed.init()
-    distributed.on_main(prepare)
+    distributed.on_main(lambda: check_run_dir(out, resume=resume, force=force, lock=lock))  # refusals first
+    try:
+        return _train(cfg, out, prepare, resume=resume, progress=progress)
+    finally:
+        lock.release()  # (a killed process releases it too)
+
+
+def _train(cfg: TrainConfig, out: Path, prepare: Callable[[], None], *, resume: bool,
+           progress: ProgressHook | None) -> list[OptimizerResult]:
+    config_path = out / "config.json"
     if not distributed.is_main():
         progress = None
     device = resolve_device(cfg.device)
+    # Data and model are checked before anything is written or replaced (prepare()).
     data = load_dataset(cfg.dataset, data_dir=cfg.data_dir, device=device, **cfg.data_options)
     if distributed.is_distributed():
         world, tail = distributed.world_size(), len(data.train) % cfg.batch_size or cfg.batch_size
@@ -482,6 +518,7 @@ def train(
     spec = model_spec(cfg, data)
     torch.manual_seed(cfg.seed)
     init_state = build_model(spec["name"], **spec["kwargs"]).state_dict()
+    distributed.on_main(prepare)
     if distributed.is_main():
         run_info = {
             "config": asdict(cfg),
@@ -577,8 +614,9 @@ def train_optimizer(
     net = distributed.wrap_ddp(model)
 
     last: dict[str, Any] = {}
-    if main and metrics_path.exists() and metrics_path.read_text().strip():
-        last = json.loads(metrics_path.read_text().strip().splitlines()[-1])
+    if main and metrics_path.exists():
+        last = (read_metrics(metrics_path) or [{}])[-1]
+    warned = not all(math.isfinite(v) for k, v in last.items() if k.endswith("loss") and isinstance(v, float))
     for epoch in range(start_epoch, cfg.epochs + 1):
         torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout: reproducible and resumable per epoch
         if name == "phase" and (averaged is None or epoch - 1 in phase_ends):
@@ -657,8 +695,7 @@ def train_optimizer(
         if main:
             if averaged is not None and "averaged_models" in line:
                 save.checkpoint(averaged.module, "averaged.pt", epoch=epoch, step=step, lr=lr, kind="averaged")
-            with open(metrics_path, "a") as fh:
-                fh.write(json.dumps(line) + "\n")
+            files.append_line(metrics_path, json.dumps(line))
             atomic_torch_save({
                 "epoch": epoch, "step": step,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -666,6 +703,11 @@ def train_optimizer(
                 "data_rng": data_rng.get_state(),
             }, resume_path)
         last = line
+        bad = [k for k in ("train_loss", "train_loss_running") if k in line and not math.isfinite(line[k])]
+        if bad and not warned:
+            warned = True  # once per run: every later epoch is NaN too
+            log.warning("%s diverged in epoch %d (%s %s); the run goes on, but its numbers are NaN/inf from here: "
+                        "a smaller --lr usually helps", name, epoch, bad[0].replace("_", " "), line[bad[0]])
         if progress:
             progress({"optimizer": name, "epoch_done": epoch, "epochs": cfg.epochs, "metrics": line})
 
@@ -744,7 +786,7 @@ def _score(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size:
     part = distributed.shard(len(x))
     n = part.stop - part.start
     loss, acc = evaluate(model, x[part], y[part], batch_size) if n else (0.0, 0.0)
-    loss_sum, correct = distributed.all_reduce_sum([loss * n, round(acc * n)])
+    loss_sum, correct = distributed.all_reduce_sum([loss * n, round(acc * n) if math.isfinite(acc) else math.nan])
     return loss_sum / len(x), correct / len(x)
 
 
@@ -799,11 +841,46 @@ def _optimizer_settings(name: str, cfg: TrainConfig) -> dict[str, Any]:
     return settings
 
 
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The lines of a ``metrics.jsonl``. A torn last line -- a kill or a full disk during its
+    write -- is expected and left out; any other line that does not parse is damage."""
+    lines = path.read_bytes().decode("utf-8", errors="replace").split("\n")
+    rows = []
+    for n, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
+            if n == len(lines):  # no newline after it: the torn end of an interrupted write
+                break
+            raise UserError(f"{path}:{n}: damaged line (not a JSON object with an epoch)")
+        rows.append(row)
+    return rows
+
+
+def finished_epochs(out: str | Path) -> dict[str, int]:
+    """The last finished epoch of every optimizer of a run (0 when none), from ``metrics.jsonl``."""
+    done = {}
+    for name in OPTIMIZERS:
+        path = Path(out) / name / "metrics.jsonl"
+        if path.parent.is_dir():
+            try:
+                rows = read_metrics(path) if path.exists() else []
+            except (OSError, UserError):
+                rows = []
+            done[name] = max((r["epoch"] for r in rows), default=0)
+    return done
+
+
 def _truncate_metrics(path: Path, last_epoch: int) -> None:
+    """Keep the lines of epochs up to ``last_epoch`` (those resume.pt has), dropping a torn one."""
     if not path.exists():
         return
-    kept = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["epoch"] <= last_epoch]
-    atomic_write_text(path, "".join(ln + "\n" for ln in kept))
+    kept = [row for row in read_metrics(path) if row["epoch"] <= last_epoch]
+    atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in kept))
 
 
 class _Saver:

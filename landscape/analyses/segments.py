@@ -10,6 +10,7 @@ import torch
 
 from landscape.analyses.common import AnalysisOptions, CheckpointLike, checkpoint_series, compute, open_result, \
     phase_keys, pick, prepare, vector
+from landscape.analyses.interpolate import line_points
 from landscape.engine import Engine
 from landscape.errors import UserError
 
@@ -59,8 +60,8 @@ def segments(checkpoints: Sequence[CheckpointLike], out: str | Path, anchors: Se
 
         def at(idx: np.ndarray) -> torch.Tensor:
             seg, k = np.unravel_index(idx, writer.shape)
-            return torch.stack([(1 - float(a32[j])) * vectors[i] + float(a32[j]) * vectors[i + 1]
-                                for i, j in zip(seg, k)])
+            return torch.cat([line_points(vectors[i], vectors[i + 1], vectors[i].new_tensor([a32[j]]))
+                              for i, j in zip(seg, k)])
 
         compute(writer, engine, at, opts)
     return writer.finish()

@@ -460,6 +460,10 @@ def _open(out: str | Path, ckpts: list[Checkpoint], engine: Engine, opts: Analys
 def _settings(ckpt: Checkpoint, sopts: SharpnessOptions, engine: Engine) -> dict[str, Any]:
     run = find_run_config(ckpt.path) if ckpt.path and Path(ckpt.path).is_file() else {}
     lr = sopts.lr if sopts.lr is not None else ckpt.lr
+    if sopts.lr is None and lr is not None and not (math.isfinite(lr) and lr > 0):
+        # Checked before any compute: 2/lr needs a positive lr (a cosine run ends at lr 0).
+        common.log.info("%s records lr %s, which has no stability limit 2/lr; give --lr for one", ckpt.path, lr)
+        lr = None
     batch = run.get("batch_size") if isinstance(run.get("batch_size"), int) else None
     momentum = float(run["momentum"]) if isinstance(run.get("momentum"), (int, float)) else None
     return {
@@ -566,6 +570,9 @@ def _single_stages(writer: ResultWriter, engine: Engine, ckpt: Checkpoint, split
     op = _Counted(obj.operator(w), lambda n: progress(products=n))
     info = {"hvp_method": None, "hvp_batch": batch, "parameters": int(w.numel()), "samples": obj.n}
     loss0, g0 = obj.value_and_grad(w)
+    if not (math.isfinite(float(loss0)) and bool(torch.isfinite(g0).all())):
+        raise UserError(f"{ckpt.path}: the {split} loss or its gradient is not finite here (loss {float(loss0)}): "
+                        "a diverged model has no Hessian spectrum to measure")
     writer.put("grad_norm", np.float64(g0.double().norm()))
 
     def eigen_lanczos():
@@ -815,7 +822,7 @@ def _along_points(writer: ResultWriter, engine: Engine, ckpts: list[Checkpoint],
         opts.progress(total - len(pending), total)
     for n_done, idx in enumerate(pending, start=1):
         a = float(alphas[idx])
-        point = (1 - a) * va + a * vb
+        point = va if a == 0 else vb if a == 1 else (1 - a) * va + a * vb  # exact endpoints (0 * NaN is NaN)
         row: dict[str, float] = {}
         if distributed.is_main():  # the one that writes
             ev = engine.evaluate(point)
@@ -825,6 +832,12 @@ def _along_points(writer: ResultWriter, engine: Engine, ckpts: list[Checkpoint],
         op = obj.operator(w)
         loss0, g0 = obj.value_and_grad(w)
         row["grad_norm"] = float(g0.double().norm())
+        if not (math.isfinite(float(loss0)) and bool(torch.isfinite(g0).all())):
+            # A diverged point: every quantity is NaN, stored as such (never a crash).
+            eigs[idx] = np.nan
+            writer.put("eigenvalues", eigs, {"dims": ["alpha", "rank"], "method": "lanczos (full reorthogonalization)"})
+            writer.write(np.array([idx]), {split: {m: np.array([row.get(m, float("nan"))]) for m in metrics}})
+            continue
         res = lanczos(op, k, smallest=sopts.smallest, max_steps=sopts.lanczos_steps, tol=sopts.tol,
                       generator=_generator(opts.seed, 1), return_basis=sopts.trace)
         eigs[idx] = res.eigenvalues

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import math
 from typing import Any, Callable
 
@@ -11,6 +10,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from landscape.plots.style import (
+    html_safe,
     DIVERGED_NAME, PALETTE, TOP_MARGIN, _diverged_trace, _exact, _extra, _finish, _finite_range, _gaps, _scalar,
     _text, _top,
 )
@@ -49,7 +49,7 @@ def _seeds_and_ci(fig: go.Figure, row: int, col: int, exact: np.ndarray, mean: n
             marker=dict(size=10, color=colors[j % len(colors)], symbol=symbols, opacity=0.9,
                         line=dict(width=1, color="white")),
             customdata=[[labels[i], _exact(exact[i, j]), fmt(exact[i, j])] for i in range(n_rows)],
-            hovertemplate=f"<b>%{{customdata[0]}}</b> · seed {seed}<br>{html.escape(what)} = %{{customdata[1]}}"
+            hovertemplate=f"<b>%{{customdata[0]}}</b> · seed {seed}<br>{(what)} = %{{customdata[1]}}"
                           "%{customdata[2]}<extra></extra>",
         ), row=row, col=col)
     fig.add_trace(go.Scatter(
@@ -60,8 +60,8 @@ def _seeds_and_ci(fig: go.Figure, row: int, col: int, exact: np.ndarray, mean: n
                      arrayminus=_gaps(scale * (mean - low)), color="#222", thickness=2, width=6),
         customdata=[[labels[i], _exact(mean[i]) + fmt(mean[i]), _exact(low[i]), _exact(high[i])]
                     for i in range(n_rows)],
-        hovertemplate=f"<b>%{{customdata[0]}}</b><br>mean {html.escape(what)} = %{{customdata[1]}}"
-                      f"<br>{html.escape(ci_text)}: [%{{customdata[2]}}, %{{customdata[3]}}]<extra></extra>",
+        hovertemplate=f"<b>%{{customdata[0]}}</b><br>mean {(what)} = %{{customdata[1]}}"
+                      f"<br>{(ci_text)}: [%{{customdata[2]}}, %{{customdata[3]}}]<extra></extra>",
     ), row=row, col=col)
     shown = scale * exact
     ys = (np.arange(n_rows)[:, None] + offsets[None, :]).ravel().tolist()
@@ -79,10 +79,11 @@ def _compare(r: Any) -> go.Figure:
     iterate or averaged model): final test accuracy and loss of every seed with the mean and
     its CI; beside each, the paired differences to the baseline with their CI; and the top
     Hessian eigenvalue when it was computed."""
+    r = html_safe(r)  # every string from the file escaped, once (style.esc)
     optimizer = [_text(v) for v in r.coords["optimizer"]]
     averaged = [_text(v) == "averaged" for v in r.coords["model"]]
     cells = [_text(v) for v in r.coords["sweep"]]
-    labels = [html.escape(o + (" (averaged)" if a else "") + (f" [{c}]" if c else ""))
+    labels = [(o + (" (averaged)" if a else "") + (f" [{c}]" if c else ""))
               for o, a, c in zip(optimizer, averaged, cells)]
     seeds = [_text(s) for s in np.asarray(r.coords["seed"]).tolist()]
     n_rows, n = len(labels), len(seeds)
@@ -141,7 +142,7 @@ def _compare(r: Any) -> go.Figure:
                       skip=(is_ref | (base < 0)) if paired else np.zeros(n_rows, bool))
         if paired:
             fig.add_vline(x=0, line=dict(color="#888", width=1.5, dash="dash"), row=row, col=col,
-                          annotation=dict(text=f"{html.escape(baseline)} (0)", font=dict(size=12, color="#666")),
+                          annotation=dict(text=f"{(baseline)} (0)", font=dict(size=12, color="#666")),
                           annotation_position="bottom right")
         for b in np.flatnonzero(is_ref):  # the baseline rows, shaded in every panel
             fig.add_hrect(y0=b - 0.45, y1=b + 0.45, fillcolor="#eeeeee", line_width=0, layer="below",
@@ -151,13 +152,13 @@ def _compare(r: Any) -> go.Figure:
                          row=row, col=col)
     fig.update_yaxes(title_text="optimizer [sweep setting]", col=1)
     epochs = _text(r.attrs.get("epochs", "?"))
-    sub = (f"final test metrics after {html.escape(epochs)} epochs, {n} seeds ({', '.join(seeds)}); "
+    sub = (f"final test metrics after {(epochs)} epochs, {n} seeds ({', '.join(seeds)}); "
            f"dots: seeds (◆ averaged model), bars: mean with its {pct} CI"
-           + (f"; Δ: paired within each seed vs {html.escape(baseline)}'s last iterate (shaded)" if has_diff else ""))
-    note = "<b>statistics</b> " + html.escape(
+           + (f"; Δ: paired within each seed vs {(baseline)}'s last iterate (shaded)" if has_diff else ""))
+    note = "<b>statistics</b> " + (
         f"std: {_text(r.attrs.get('std', ''))}; CI of a mean: mean ± t({0.5 + conf / 2:g}, n−1)·sd/√n"
         + (f"; Δ: {_text(r.attrs.get('ci', ''))}" if has_diff else ""))
     if sharp is not None and r.attrs.get("sharpness"):
-        note += "<br><b>sharpness</b> " + html.escape(_text(r.attrs["sharpness"]))
+        note += "<br><b>sharpness</b> " + (_text(r.attrs["sharpness"]))
     _finish(fig, r, "Optimizer comparison over seeds", sub, height=TOP_MARGIN + 76 + plot_px, note=note)
     return fig

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
 import numpy as np
@@ -10,6 +9,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from landscape.plots.style import (
+    html_safe,
     DIVERGED_NAME, HEIGHT, PALETTE, RAY_UNITS, _as_list, _axis_name, _coord, _diverged_trace, _done_mask,
     _error_pct, _exact, _extra, _finish, _finite_range, _gaps, _nan_stats, _place_buttons, _rgba, _scalar,
     _scale_buttons, _split_color, _splits, _strings, _text, _top, checkpoint_name,
@@ -19,6 +19,7 @@ from landscape.plots.style import (
 # ============================================================================ interpolate
 
 def _interpolate(r: Any) -> go.Figure:
+    r = html_safe(r)  # every string from the file escaped, once (style.esc)
     alpha = np.asarray(r.coords["alpha"], dtype=np.float64)
     names = [checkpoint_name(p) for p in _as_list(r.attrs.get("checkpoints"))]
     a_name = names[0] if names else "A"
@@ -71,11 +72,11 @@ def _interpolate(r: Any) -> go.Figure:
                     showlegend=col == 1,
                     marker=dict(symbol=symbol, size=14, color="white", line=dict(width=2.5, color="#222")),
                     customdata=texts,
-                    hovertemplate=f"<b>{letter} = {html.escape(label_name)}</b> (α = {a:g})"
+                    hovertemplate=f"<b>{letter} = {(label_name)}</b> (α = {a:g})"
                                   "<br>%{customdata}<extra></extra>",
                 ), row=1, col=col)
             fig.add_vline(x=a, line=dict(color="#999", width=1.2, dash="dot"), row=1, col=col,
-                          annotation=dict(text=f"<b>{letter}</b> {html.escape(label_name)}", font=dict(size=12),
+                          annotation=dict(text=f"<b>{letter}</b> {(label_name)}", font=dict(size=12),
                                           textangle=0, bgcolor="rgba(255,255,255,0.8)"),
                           annotation_position="top left" if end == 0 else "top right")
         fig.update_xaxes(title_text=f"α (0 = A, 1 = B){dist_text}" if col == 1 else "α (0 = A, 1 = B)",
@@ -84,7 +85,7 @@ def _interpolate(r: Any) -> go.Figure:
     fig.update_yaxes(title_text="error (%)", row=1, col=2)
     fig.update_layout(updatemenus=[_scale_buttons(["yaxis", "yaxis2"], y=1.0)])
     _finish(fig, r, "Linear interpolation between two solutions",
-            f"(1 − α)·A + α·B  from  A = {html.escape(a_name)}  to  B = {html.escape(b_name)}")
+            f"(1 − α)·A + α·B  from  A = {(a_name)}  to  B = {(b_name)}")
     _place_buttons(fig)
     return fig
 
@@ -92,6 +93,7 @@ def _interpolate(r: Any) -> go.Figure:
 # ============================================================================ rays
 
 def _rays(r: Any) -> go.Figure:
+    r = html_safe(r)  # every string from the file escaped, once (style.esc)
     distance = np.asarray(r.coords["distance"], dtype=np.float64)
     splits = _splits(r)
     first = r.metrics[splits[0]]["loss"] if splits else np.empty((0, 0, len(distance)))
@@ -129,7 +131,7 @@ def _rays(r: Any) -> go.Figure:
                 fig.add_trace(go.Scatter(
                     x=xs, y=ys, mode="lines", name=f"{names[c]} rays", legendgroup=group, showlegend=False,
                     line=dict(color=_rgba(color, 0.4), width=1), customdata=cd,
-                    hovertemplate=f"<b>{html.escape(names[c])}</b>, ray %{{customdata[0]}}<br>distance "
+                    hovertemplate=f"<b>{(names[c])}</b>, ray %{{customdata[0]}}<br>distance "
                                   f"%{{customdata[1]}}<br>{split} {label} = %{{customdata[2]}}<extra></extra>",
                 ), row=row, col=col)
                 mean, lo, hi, bad = _nan_stats(v, axis=0)
@@ -145,7 +147,7 @@ def _rays(r: Any) -> go.Figure:
                 fig.add_trace(go.Scatter(
                     x=distance.tolist(), y=_gaps(mean), mode="lines", name=names[c], legendgroup=group,
                     showlegend=row == 1 and col == 1, line=dict(color=color, width=3.5), customdata=cd_mean,
-                    hovertemplate=f"<b>{html.escape(names[c])}</b>: mean over rays<br>distance %{{customdata[0]}}"
+                    hovertemplate=f"<b>{(names[c])}</b>: mean over rays<br>distance %{{customdata[0]}}"
                                   f"<br>{split} {label}: mean %{{customdata[1]}}<br>min %{{customdata[2]}}, "
                                   "max %{customdata[3]}<br>non-finite rays: %{customdata[4]}<extra></extra>",
                 ), row=row, col=col)
@@ -171,6 +173,7 @@ def _rays(r: Any) -> go.Figure:
 # ============================================================================ segments
 
 def _segments(r: Any) -> go.Figure:
+    r = html_safe(r)  # every string from the file escaped, once (style.esc)
     alpha = np.asarray(r.coords["alpha"], dtype=np.float64)
     anchors = np.asarray(r.coords.get("epoch", []), dtype=np.float64)
     splits = _splits(r)
@@ -244,6 +247,7 @@ def _segments(r: Any) -> go.Figure:
 # ============================================================================ twopoint
 
 def _twopoint(r: Any) -> go.Figure:
+    r = html_safe(r)  # every string from the file escaped, once (style.esc)
     interval = np.asarray(r.coords["interval"], dtype=np.float64)
     attrs = r.attrs
     per_epoch = _scalar(attrs.get("steps_per_epoch"))

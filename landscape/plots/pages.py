@@ -3,11 +3,10 @@ run-directory reports and PNG export."""
 
 from __future__ import annotations
 
-import html
 import json
+import math
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -16,13 +15,15 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.subplots import make_subplots
 
+from landscape import files
 from landscape.errors import UserError
 from landscape.plots.compare import _compare
 from landscape.plots.lines import _interpolate, _rays, _segments, _twopoint
 from landscape.plots.planes import _surface, _trajectory
 from landscape.plots.sharpness import _sharpness
 from landscape.plots.style import (
-    CONFIG, PAGE_CSS, PALETTE, _as_list, _exact, _finish, _gaps, _place_buttons, _scale_buttons, _text,
+    CONFIG, PAGE_CSS, PALETTE, _as_list, _exact, _finish, _gaps, _place_buttons, _scale_buttons, _text, esc,
+    html_safe,
 )
 
 
@@ -52,27 +53,14 @@ def figure(result: Any) -> go.Figure:
     if draw is None:
         raise UserError(f"{where}: cannot draw analysis {analysis!r}; known: {', '.join(ANALYSES)}")
     try:
-        return draw(result)
-    except (KeyError, IndexError) as exc:
-        raise UserError(f"{where}: {analysis} result is missing or has malformed data ({exc})") from None
+        return draw(html_safe(result))  # every string from the file escaped, once (style.esc)
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        # A file with the right attributes but data of the wrong kinds or shapes.
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise UserError(f"{where}: {analysis} result is missing or has malformed data ({reason})") from None
 
 
 # ============================================================================ HTML
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
 
 def write_html(figures: Sequence[go.Figure | str], path: str | os.PathLike, title: str,
                caption_html: str = "") -> Path:
@@ -81,7 +69,7 @@ def write_html(figures: Sequence[go.Figure | str], path: str | os.PathLike, titl
     Items of ``figures`` that are strings are inserted as HTML fragments (headings, tables)
     in order. ``caption_html`` goes under the page title. Returns the path written.
     """
-    path = Path(path)
+    path = files.check_writable(path)  # a directory, read-only, no permission: one line, now
     parts: list[str] = []
     embedded = False
     n = 0
@@ -99,14 +87,14 @@ def write_html(figures: Sequence[go.Figure | str], path: str | os.PathLike, titl
     page = (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-        f"<title>{html.escape(title)}</title>\n<style>{PAGE_CSS}</style>\n</head>\n<body>\n<main>\n"
-        f"<h1>{html.escape(title)}</h1>\n"
+        f"<title>{esc(title)}</title>\n<style>{PAGE_CSS}</style>\n</head>\n<body>\n<main>\n"
+        f"<h1>{esc(title)}</h1>\n"
         + (f'<div class="caption">{caption_html}</div>\n' if caption_html else "")
         + "\n".join(parts)
         + f"\n<footer>made by landscape {_version()} · plotly.js embedded; this page works offline</footer>"
         + "\n</main>\n</body>\n</html>\n"
     )
-    _atomic_write_text(path, page)
+    files.atomic_write_text(path, page)
     return path
 
 
@@ -124,8 +112,8 @@ def plot_result(path: str | os.PathLike, out: str | os.PathLike | None = None) -
 
     path = Path(path)
     result = load_result(path)
+    out = files.check_writable(Path(out) if out is not None else path.with_suffix(".html"))
     fig = figure(result)
-    out = Path(out) if out is not None else path.with_suffix(".html")
     title = f"{_text(result.attrs.get('analysis'))}: {path.name}"
     return write_html([fig], out, title)
 
@@ -133,30 +121,54 @@ def plot_result(path: str | os.PathLike, out: str | os.PathLike | None = None) -
 # ============================================================================ run directories
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The lines of a ``metrics.jsonl``. A torn last line (a run killed mid-write, or one
+    still being written) is left out; any other line that is not a JSON object is an error."""
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except OSError as exc:
+        raise UserError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    lines = text.split("\n")
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
+    for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except ValueError:
+            if n == len(lines):  # no newline after it: torn
+                break
             raise UserError(f"{path}:{n}: not a JSON line") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path}:{n}: not a JSON object")
+        rows.append(row)
     return rows
+
+
+def _num(value: Any) -> float:
+    """A metric from a file as a float; anything that is not a number is NaN (a gap)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return math.nan
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from a file, or None when it is missing, unreadable or not an object."""
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8", errors="replace"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _optimizer_dirs(run_dir: Path) -> list[Path]:
     """RUN/<optimizer> folders with a metrics.jsonl, in the run's optimizer order."""
     if not run_dir.is_dir():
         raise UserError(f"{run_dir} is not a run directory (no such folder)")
-    found = {p.parent.name: p.parent for p in run_dir.glob("*/metrics.jsonl")}
-    order: list[str] = []
-    config = run_dir / "config.json"
-    if config.exists():
-        try:
-            cfg = json.loads(config.read_text())
-            order = list((cfg.get("config") or cfg).get("optimizers") or [])
-        except (ValueError, AttributeError):
-            order = []
+    found = {p.parent.name: p.parent for p in run_dir.glob("*/metrics.jsonl") if p.is_file()}
+    cfg = _read_json(run_dir / "config.json") or {}
+    inner = cfg.get("config") if isinstance(cfg.get("config"), dict) else cfg
+    order = inner.get("optimizers") if isinstance(inner.get("optimizers"), list) else []
+    order = [o for o in order if isinstance(o, str)]
     names = [o for o in order if o in found] + sorted(o for o in found if o not in order)
     return [found[n] for n in names]
 
@@ -165,6 +177,8 @@ def metrics_figure(run_dir: str | os.PathLike) -> go.Figure:
     """Per-epoch train/test loss and accuracy of every optimizer of a run, and the LR schedule.
 
     Solid lines: the iterate; dashed: the averaged model (swa, asgd, phase, --average).
+    Folder names and values come from files: names are escaped, values that are not numbers
+    are gaps.
     """
     run_dir = Path(run_dir)
     dirs = _optimizer_dirs(run_dir)
@@ -179,14 +193,17 @@ def metrics_figure(run_dir: str | os.PathLike) -> go.Figure:
         rows = _read_metrics(d / "metrics.jsonl")
         if not rows:
             continue
-        name, color = d.name, PALETTE[i % len(PALETTE)]
-        epoch = [row.get("epoch") for row in rows]
+        name, color = esc(d.name), PALETTE[i % len(PALETTE)]
+        epoch = _gaps([_num(row.get("epoch")) for row in rows])
 
         def col(key: str, scale: float = 1.0) -> list | None:
             vals = [row.get(key) for row in rows]
             if all(v is None for v in vals):
                 return None
-            return _gaps([np.nan if v is None else float(v) * scale for v in vals])
+            return _gaps([_num(v) * scale for v in vals])
+
+        def exact(key: str) -> list[str]:
+            return [_exact(_num(row[key])) if row.get(key) is not None else "n/a" for row in rows]
 
         for key, r_, c_, scale, unit in (("train_loss", 1, 1, 1, "loss"), ("test_loss", 1, 2, 1, "loss"),
                                          ("train_acc", 2, 1, 100, "accuracy %"),
@@ -202,8 +219,8 @@ def metrics_figure(run_dir: str | os.PathLike) -> go.Figure:
                     legendgroup=label, marker=dict(size=5),
                     showlegend=(r_, c_) == (1, 1),
                     line=dict(color=color, width=2.6, dash="dash" if averaged else "solid"),
-                    customdata=[_exact(v) if v is not None else "n/a" for v in (row.get(k) for row in rows)],
-                    hovertemplate=f"<b>{html.escape(label)}</b> epoch %{{x}}<br>{k.replace('_', ' ')} = "
+                    customdata=exact(k),
+                    hovertemplate=f"<b>{label}</b> epoch %{{x}}<br>{k.replace('_', ' ')} = "
                                   "%{customdata}<extra></extra>",
                 ), row=r_, col=c_)
         lr = col("lr")
@@ -211,8 +228,8 @@ def metrics_figure(run_dir: str | os.PathLike) -> go.Figure:
             fig.add_trace(go.Scatter(
                 x=epoch, y=lr, mode="lines", name=f"{name} lr", legendgroup=name, showlegend=False,
                 line=dict(color=color, width=2.2, shape="hv"),
-                customdata=[_exact(row.get("lr")) if row.get("lr") is not None else "n/a" for row in rows],
-                hovertemplate=f"<b>{html.escape(name)}</b> epoch %{{x}}<br>lr (last step) = %{{customdata}}"
+                customdata=exact("lr"),
+                hovertemplate=f"<b>{name}</b> epoch %{{x}}<br>lr (last step) = %{{customdata}}"
                               "<extra></extra>",
             ), row=3, col=1)
     fig.update_yaxes(title_text="loss", row=1, col=1)
@@ -220,7 +237,7 @@ def metrics_figure(run_dir: str | os.PathLike) -> go.Figure:
     fig.update_yaxes(title_text="lr", type="log", dtick=1, row=3, col=1)
     fig.update_xaxes(title_text="epoch", row=3, col=1)
     fig.update_layout(updatemenus=[_scale_buttons(["yaxis", "yaxis2"])])
-    _finish(fig, None, f"Training curves: {run_dir.name}",
+    _finish(fig, None, f"Training curves: {esc(run_dir.name)}",
             "per epoch, evaluated on the full splits; solid: iterate, dashed: averaged model",
             height=900, caption_shift=0, legend_top=False, right_margin=30)
     _place_buttons(fig)
@@ -234,22 +251,21 @@ def _summary_table(run_dir: Path) -> str:
     for d in _optimizer_dirs(run_dir):
         rows = _read_metrics(d / "metrics.jsonl")
         if not rows:
-            body.append(f"<tr><td>{html.escape(d.name)}</td><td colspan=5>no epochs finished</td></tr>")
+            body.append(f"<tr><td>{esc(d.name)}</td><td colspan=5>no epochs finished</td></tr>")
             continue
         last = rows[-1]
 
         def pct(v: Any) -> str:
-            return "—" if v is None or not np.isfinite(float(v)) else f"{100 * float(v):.2f}%"
+            return "—" if not np.isfinite(_num(v)) else f"{100 * _num(v):.2f}%"
 
-        accs = [(float(r["test_acc"]), r.get("epoch")) for r in rows
-                if r.get("test_acc") is not None and np.isfinite(float(r["test_acc"]))]
+        accs = [(_num(r.get("test_acc")), r.get("epoch")) for r in rows if np.isfinite(_num(r.get("test_acc")))]
         best = max(accs, key=lambda a: a[0]) if accs else None
-        loss = last.get("train_loss")
+        loss = _num(last.get("train_loss"))
         body.append(
-            f"<tr><td>{html.escape(d.name)}</td><td>{html.escape(_text(last.get('epoch', len(rows))))}</td>"
+            f"<tr><td>{esc(d.name)}</td><td>{esc(last.get('epoch', len(rows)))}</td>"
             f"<td>{pct(last.get('test_acc'))}</td><td>{pct(last.get('averaged_test_acc'))}</td>"
-            f"<td>{pct(best[0]) + f' ({best[1]})' if best else '—'}</td>"
-            f"<td>{'—' if loss is None else f'{float(loss):.4g}'}</td></tr>")
+            f"<td>{pct(best[0]) + f' ({esc(best[1])})' if best else '—'}</td>"
+            f"<td>{'—' if math.isnan(loss) else f'{loss:.4g}'}</td></tr>")
     return f'<table class="summary">{head}{"".join(body)}</table>'
 
 
@@ -267,8 +283,8 @@ def _compare_section(path: Path) -> str:
         stat = lambda metric, name: np.asarray(r.extra[f"stats/{metric}/{name}"], dtype=float)  # noqa: E731
         acc = {k: stat("test_acc", k) for k in ("mean", "std")}
         loss = {k: stat("test_loss", k) for k in ("mean", "std")}
-    except (KeyError, UserError) as exc:
-        return f'<p class="error">could not read {html.escape(str(path))}: {html.escape(str(exc))}</p>'
+    except (KeyError, IndexError, TypeError, ValueError, UserError) as exc:
+        return f'<p class="error">could not read {esc(str(path))}: {esc(str(exc))}</p>'
     baseline = _text(r.attrs.get("baseline", ""))
     has_diff = bool(baseline) and "stats/test_acc/diff_mean" in r.extra
     sharp = "stats/sharpness/mean" in r.extra
@@ -299,32 +315,31 @@ def _compare_section(path: Path) -> str:
         cols += [pm(loss["mean"][i], loss["std"][i], 1, 4)] + ([ci("test_loss", i, 1, 4)] if has_diff else [])
         if sharp:
             cols.append(pm(float(r.extra["stats/sharpness/mean"][i]), float(r.extra["stats/sharpness/std"][i]), 1, 3))
-        body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cols) + "</tr>")
+        body.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cols) + "</tr>")
     seeds = _as_list(r.attrs.get("seeds", []))
     note = (f"{len(seeds)} seeds ({', '.join(map(str, seeds))}), {_text(r.attrs.get('epochs', '?'))} epochs; "
             f"{_text(r.attrs.get('std', ''))}" + (f"; Δ: {_text(r.attrs.get('ci', ''))}" if has_diff else "")
             + f". Command: {_text(r.attrs.get('command', ''))}")
-    return (f'<table class="summary"><tr>{"".join(f"<th>{html.escape(h)}</th>" for h in head)}</tr>'
-            f'{"".join(body)}</table><p class="caption">{html.escape(note)}</p>')
+    return (f'<table class="summary"><tr>{"".join(f"<th>{esc(h)}</th>" for h in head)}</tr>'
+            f'{"".join(body)}</table><p class="caption">{esc(note)}</p>')
 
 
 def _run_caption(run_dir: Path) -> str:
     config = run_dir / "config.json"
     if not config.exists():
-        return f"run directory <code>{html.escape(str(run_dir))}</code>"
-    try:
-        cfg = json.loads(config.read_text())
-    except ValueError:
-        return f"run directory <code>{html.escape(str(run_dir))}</code> (config.json unreadable)"
-    c = cfg.get("config", cfg) if isinstance(cfg, dict) else {}
-    parts = [f"run <code>{html.escape(str(run_dir))}</code>"]
+        return f"run directory <code>{esc(run_dir)}</code>"
+    cfg = _read_json(config)
+    if cfg is None:
+        return f"run directory <code>{esc(run_dir)}</code> (config.json unreadable)"
+    c = cfg.get("config") if isinstance(cfg.get("config"), dict) else cfg
+    parts = [f"run <code>{esc(run_dir)}</code>"]
     for key in ("dataset", "model", "optimizers", "epochs", "batch_size", "phases", "schedule", "seed"):
         if key in c and c[key] not in (None, "", []):
             v = c[key]
-            v = ", ".join(map(str, v)) if isinstance(v, list) else v
-            parts.append(f"<b>{key.replace('_', ' ')}</b> {html.escape(_text(v))}")
+            v = ", ".join(map(_text, v)) if isinstance(v, list) else v
+            parts.append(f"<b>{key.replace('_', ' ')}</b> {esc(v)}")
     if cfg.get("device"):
-        parts.append(f"<b>device</b> {html.escape(_text(cfg['device']))}")
+        parts.append(f"<b>device</b> {esc(cfg['device'])}")
     return " · ".join(parts)
 
 
@@ -332,6 +347,9 @@ def report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> 
     """One page for a run (training curves, a summary table) and every result file inside it; any
     folder of result files works too."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir} is not a run directory (no such folder)")
+    out = files.check_writable(Path(out) if out is not None else run_dir / "report.html")  # before any work
     compare_h5 = run_dir / "compare.h5"  # `landscape compare` output: its table first
     items: list[go.Figure | str] = []
     if compare_h5.is_file():
@@ -340,7 +358,7 @@ def report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> 
             from landscape.store import load_result
             items.append(figure(load_result(compare_h5)))
         except UserError as exc:
-            items.append(f'<p class="error">could not draw compare.h5: {html.escape(str(exc))}</p>')
+            items.append(f'<p class="error">could not draw compare.h5: {esc(str(exc))}</p>')
     if _optimizer_dirs(run_dir):
         items += ["<h2>Training</h2>", _summary_table(run_dir), metrics_figure(run_dir)]
     results = sorted(p for p in run_dir.rglob("*.h5") if p.is_file() and p != compare_h5)
@@ -351,12 +369,11 @@ def report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> 
         from landscape.store import load_result
     for p in results:
         rel = p.relative_to(run_dir)
-        items.append(f"<h2>{html.escape(str(rel))}</h2>")
+        items.append(f"<h2>{esc(rel)}</h2>")
         try:
             items.append(figure(load_result(p)))
         except UserError as exc:
-            items.append(f'<p class="error">could not draw {html.escape(str(rel))}: {html.escape(str(exc))}</p>')
-    out = Path(out) if out is not None else run_dir / "report.html"
+            items.append(f'<p class="error">could not draw {esc(str(rel))}: {esc(str(exc))}</p>')
     return write_html(items, out, f"landscape report: {run_dir.name}", _run_caption(run_dir))
 
 
@@ -373,17 +390,9 @@ def save_png(fig: go.Figure, path: str | os.PathLike, scale: float = 2.0) -> Pat
     if not (os.environ.get("BROWSER_PATH") or any(shutil.which(b) for b in browsers)):
         raise UserError("PNG export through kaleido needs Chrome or Chromium, and none was found "
                         "(install chromium, or set BROWSER_PATH to a Chrome binary)")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
+    path = files.check_writable(path)
     try:
-        fig.write_image(tmp, format="png", scale=scale)
-        os.replace(tmp, path)
-    except UserError:
-        raise
+        image = fig.to_image(format="png", scale=scale)  # in memory: a full disk is then a plain write error
     except Exception as exc:
         raise UserError(f"PNG export failed: {' '.join(str(exc).split())[:300]}") from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+    return files.atomic_write_bytes(path, image)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
 import numpy as np
@@ -11,6 +10,7 @@ from plotly.subplots import make_subplots
 
 from landscape.errors import UserError
 from landscape.plots.style import (
+    html_safe,
     DIVERGED, DIVERGED_NAME, HEIGHT, RAY_UNITS, TOP_MARGIN, _as_list, _axis_name, _coord, _done_mask, _exact,
     _extra, _finish, _finite_range, _gaps, _nice_log_ticks, _place_buttons, _splits, _strings, _text,
     checkpoint_name,
@@ -55,6 +55,7 @@ def _label_positions(points: np.ndarray, xs: np.ndarray) -> list[str]:
 
 
 def _surface(r: Any) -> go.Figure:
+    r = html_safe(r)  # every string from the file escaped, once (style.esc)
     xs = np.asarray(r.coords["x"], dtype=np.float64)
     ys = np.asarray(r.coords["y"], dtype=np.float64)
     nx, ny = len(xs), len(ys)
@@ -249,6 +250,7 @@ def _uncrowded(points: np.ndarray, texts: list[str], taken: np.ndarray, min_frac
 
 
 def _trajectory(r: Any) -> go.Figure:
+    r = html_safe(r)  # every string from the file escaped, once (style.esc)
     epochs = np.asarray(r.coords.get("epoch", []), dtype=np.float64)
     coords = _extra(r, "pca/coords")
     if coords is None:
@@ -381,7 +383,7 @@ def _trajectory(r: Any) -> go.Figure:
         fig.update_yaxes(range=[float(sy.min()), float(sy.max())], row=1, col=1)
     layer = r.attrs.get("layer")
     sub = (f"{T} checkpoints, epochs {ep_txt[0]}–{ep_txt[-1]}" if T else "no checkpoints") + \
-          (f"; weights: {html.escape(_text(layer))}" if layer else "") + \
+          (f"; weights: {(_text(layer))}" if layer else "") + \
           (f"; LR phases start at epoch {', '.join(ep_txt[t] for t in boundaries)}" if boundaries else "") + \
           ("; background: loss on the PCA plane" if has_surface else "")
     _finish(fig, r, "Optimization trajectory", sub, right_margin=90)

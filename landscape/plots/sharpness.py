@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
 import numpy as np
@@ -10,6 +9,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from landscape.plots.style import (
+    html_safe,
     DIVERGED, DIVERGED_NAME, HEIGHT, PALETTE, _as_list, _coord, _exact, _extra, _finish, _finite_range, _gaps,
     _rgba, _scalar, _splits, _strings, _text, _top, checkpoint_name,
 )
@@ -19,6 +19,7 @@ from landscape.plots.style import (
 
 def _sharpness_along(r: Any) -> go.Figure:
     """``sharpness --along line.h5``: lambda_max (and trace / SAM sharpness) at every alpha."""
+    r = html_safe(r)  # every string from the file escaped, once (style.esc)
     alpha = np.asarray(r.coords["alpha"], dtype=np.float64)
     split = _text(r.attrs.get("split", "")) or (_splits(r) or ["train"])[0]
     m = r.metrics.get(split, {})
@@ -40,7 +41,7 @@ def _sharpness_along(r: Any) -> go.Figure:
             marker=dict(size=6, color=color),
             error_y=dict(type="data", array=_gaps(err), visible=True, color=color) if err is not None else None,
             customdata=np.stack([np.array(coord_txt, dtype=object), _strings(values)], -1).tolist(),
-            hovertemplate=f"<b>{html.escape(name)} = %{{customdata[1]}}</b><br>%{{customdata[0]}}<extra></extra>",
+            hovertemplate=f"<b>{(name)} = %{{customdata[1]}}</b><br>%{{customdata[0]}}<extra></extra>",
         ), row=1, col=col)
 
     if "lambda_max" in m:
@@ -65,12 +66,12 @@ def _sharpness_along(r: Any) -> go.Figure:
         for a, letter, label in ((0.0, "A", a_name), (1.0, "B", b_name)):
             if alpha.size and alpha.min() <= a <= alpha.max():
                 fig.add_vline(x=a, line=dict(color="#999", width=1.2, dash="dot"), row=1, col=col,
-                              annotation=dict(text=f"<b>{letter}</b> {html.escape(label)}", font=dict(size=12)),
+                              annotation=dict(text=f"<b>{letter}</b> {(label)}", font=dict(size=12)),
                               annotation_position="top left" if a == 0 else "top right")
         fig.update_xaxes(title_text="α (0 = A, 1 = B)", row=1, col=col)
     fig.update_yaxes(title_text="eigenvalue of the loss Hessian", row=1, col=1)
     fig.update_yaxes(title_text=right_title, row=1, col=2)
-    sub = f"(1 − α)·A + α·B from A = {html.escape(a_name)} to B = {html.escape(b_name)}; {html.escape(split)} loss"
+    sub = f"(1 − α)·A + α·B from A = {(a_name)} to B = {(b_name)}; {(split)} loss"
     if limit is not None:
         sub += f"; stability limit 2/lr = {limit:.4g} (lr = {lr:g})"
     _finish(fig, r, "Sharpness along a line", sub)
@@ -98,6 +99,7 @@ def _sharpness_layers(fig: go.Figure, r: Any, row: int) -> None:
 
 
 def _sharpness(r: Any) -> go.Figure:
+    r = html_safe(r)  # every string from the file escaped, once (style.esc)
     if "alpha" in (getattr(r, "coords", None) or {}):
         return _sharpness_along(r)
     eig = _extra(r, "eigenvalues")

@@ -3,10 +3,10 @@ the caption, and the layout helpers (title, legend, linear/log buttons, diverged
 
 from __future__ import annotations
 
-import html
+import copy
 import json
 import math
-import textwrap
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -51,6 +51,69 @@ footer { color: #888; font-size: 12px; margin-top: 32px; }
 """
 RAY_UNITS = {"filter": "filter-normalized units", "layer": "layer-normalized units",
              "none": "Euclidean parameter distance"}
+
+
+# ============================================================================ escaping
+
+# Text that comes from files (result attributes and datasets, metrics.jsonl, config.json,
+# file and folder names) is data, never markup. It reaches two interpreters: the HTML page,
+# and plotly.js, which renders a subset of HTML (<a href>, <span style>, <b>, ...) in titles,
+# annotations, legends, tick labels and hover text, and substitutes %{...} in hover
+# templates. One function makes such text inert for both: HTML's special characters and
+# the braces become numeric character references, which browsers and plotly.js both show
+# as the characters themselves. Every file-derived string goes through `esc`, once:
+# `figure` escapes the whole result on entry (`html_safe`), the page code escapes what it
+# reads from run directories itself.
+_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&#34;", "'": "&#39;",
+                          "{": "&#123;", "}": "&#125;"})
+
+
+def esc(value: Any) -> str:
+    """``value`` as text that HTML and plotly.js display literally and never interpret."""
+    return _text(value).translate(_ESCAPES)
+
+
+def _esc_tree(value: Any) -> Any:
+    """Every string in ``value`` (dict keys too, lists, string arrays) through :func:`esc`."""
+    if isinstance(value, (str, bytes)):
+        return esc(value)
+    if isinstance(value, Mapping):
+        return {esc(k) if isinstance(k, (str, bytes)) else k: _esc_tree(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_esc_tree(v) for v in value]
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind in "OSU":
+            return np.array([_esc_tree(v) for v in value.ravel().tolist()], dtype=object).reshape(value.shape)
+        return value
+    if value is None or isinstance(value, (bool, int, float, complex, np.number, np.bool_)):
+        return value
+    return esc(str(value))  # anything else (an HDF5 reference...) is shown as escaped text
+
+
+def html_safe(result: Any) -> Any:
+    """A copy of a result whose strings are all escaped (:func:`esc`), for drawing.
+
+    Idempotent: figure code calls it on entry and may call it again. The file path stays a
+    path (escape it with :func:`esc` where it is shown)."""
+    if getattr(result, "html_safe", False):
+        return result
+    safe = copy.copy(result)
+    for name in ("extra", "extra_attrs"):
+        if isinstance(getattr(result, name, None), Mapping):
+            setattr(safe, name, {key: _esc_tree(v) for key, v in getattr(result, name).items()})
+    if isinstance(getattr(result, "attrs", None), Mapping):
+        safe.attrs = _esc_tree(result.attrs)  # attribute names too: some are shown
+    if isinstance(getattr(result, "coords", None), Mapping):
+        safe.coords = {key: _esc_tree(v) for key, v in result.coords.items()}  # names are looked up, not shown
+    if isinstance(getattr(result, "metrics", None), Mapping):
+        safe.metrics = {esc(split): values for split, values in result.metrics.items()}  # split names are shown
+    if getattr(result, "dims", None) is not None:
+        safe.dims = [esc(d) for d in result.dims]
+    try:
+        safe.html_safe = True
+    except AttributeError:  # a frozen or slotted stand-in: escaped anyway
+        pass
+    return safe
 
 
 # ============================================================================ small helpers
@@ -117,17 +180,17 @@ def _as_list(value: Any) -> list:
     if value is None:
         return []
     if isinstance(value, (str, bytes)):
-        return [value.decode() if isinstance(value, bytes) else value]
+        return [_text(value)]
     if isinstance(value, np.ndarray):
         value = value.tolist()
     if isinstance(value, (list, tuple)):
-        return [v.decode() if isinstance(v, bytes) else v for v in value]
+        return [_text(v) if isinstance(v, bytes) else v for v in value]
     return [value]
 
 
 def _text(value: Any) -> str:
     if isinstance(value, bytes):
-        return value.decode()
+        return value.decode(errors="replace")
     if isinstance(value, np.ndarray):
         return _text(value.tolist())
     if isinstance(value, np.generic):
@@ -230,34 +293,34 @@ def _subset_text(attrs: Mapping[str, Any]) -> str:
 
 def caption(result: Any) -> str:
     """What was computed, as HTML lines: command, data, subset, BN mode, checkpoints, provenance."""
+    result = html_safe(result)  # every string below from the file is escaped, once
     attrs = dict(getattr(result, "attrs", {}) or {})
     lines = []
     command = attrs.get("command")
     if command:
-        lines.append(f"<b>command</b> {html.escape(_text(command))}")
-    parts = [f"<b>data</b> {html.escape(_dataset_text(attrs.get('dataset')))}",
-             f"<b>subset</b> {html.escape(_subset_text(attrs))}"]
+        lines.append(f"<b>command</b> {_text(command)}")
+    parts = [f"<b>data</b> {_dataset_text(attrs.get('dataset'))}", f"<b>subset</b> {_subset_text(attrs)}"]
     if attrs.get("bn_mode"):
-        parts.append(f"<b>BN</b> {html.escape(_text(attrs['bn_mode']))}")
+        parts.append(f"<b>BN</b> {_text(attrs['bn_mode'])}")
     if attrs.get("normalization"):
-        parts.append(f"<b>directions</b> {html.escape(_text(attrs['normalization']))}"
-                     + (f", ignore {html.escape(_text(attrs['ignore']))}" if attrs.get("ignore") else ""))
+        parts.append(f"<b>directions</b> {_text(attrs['normalization'])}"
+                     + (f", ignore {_text(attrs['ignore'])}" if attrs.get("ignore") else ""))
     if attrs.get("seed") is not None:
-        parts.append(f"<b>seed</b> {html.escape(_text(attrs['seed']))}")
+        parts.append(f"<b>seed</b> {_text(attrs['seed'])}")
     if attrs.get("precision"):
-        parts.append(f"<b>precision</b> {html.escape(_text(attrs['precision']))}")
+        parts.append(f"<b>precision</b> {_text(attrs['precision'])}")
     lines.append(" · ".join(parts))
     ckpts = [checkpoint_name(p) for p in _as_list(attrs.get("checkpoints"))]
     if ckpts:
         shown = ckpts if len(ckpts) <= 6 else ckpts[:3] + ["…"] + ckpts[-2:]
-        lines.append(f"<b>checkpoints</b> ({len(ckpts)}) " + html.escape(", ".join(shown)))
+        lines.append(f"<b>checkpoints</b> ({len(ckpts)}) " + ", ".join(shown))
     prov = []
     path = getattr(result, "path", None)
     if path is not None:
-        prov.append(f"file {html.escape(Path(path).name)}")
+        prov.append(f"file {esc(Path(path).name)}")
     for key, label in (("landscape_version", "landscape"), ("torch_version", "torch"), ("created", "created")):
         if attrs.get(key):
-            prov.append(f"{label} {html.escape(_text(attrs[key]))}")
+            prov.append(f"{label} {_text(attrs[key])}")
     done = getattr(result, "done", None)
     if done is not None and np.size(done) and not np.asarray(done).all():
         missing = int(np.size(done) - np.count_nonzero(done))
@@ -267,11 +330,33 @@ def caption(result: Any) -> str:
     return "<br>".join(_wrap(line) for line in lines)
 
 
+# An HTML tag or a character reference: never split by wrapping, one character wide.
+_ATOM = re.compile(r"<[^<>]*>|&#?\w+;")
+
+
 def _wrap(line: str, width: int = CAPTION_WIDTH) -> str:
-    """Wrap one caption line at spaces (HTML tags are short and never split)."""
-    if len(line) <= width:
+    """Wrap one caption line (HTML) at spaces, or inside a long word; tags and character
+    references are never split."""
+    if len(_ATOM.sub("x", line)) <= width:
         return line
-    return "<br>&nbsp;&nbsp;".join(textwrap.wrap(line, width, break_long_words=True, break_on_hyphens=False))
+    rows: list[str] = []
+    row, row_len = "", 0
+    for word in re.split(r"( )", line):
+        size = len(_ATOM.sub("x", word))
+        if row_len + size > width and row.strip():
+            rows.append(row.rstrip())
+            row, row_len = "", 0
+            if word == " ":
+                continue
+        while size > width:  # a long word (a path): cut it between atoms
+            pieces = [m.group(0) for m in re.finditer(r"<[^<>]*>|&#?\w+;|.", word, flags=re.S)]
+            rows.append("".join(pieces[:width]))
+            word = "".join(pieces[width:])
+            size = len(_ATOM.sub("x", word))
+        row, row_len = row + word, row_len + size
+    if row.strip():
+        rows.append(row.rstrip())
+    return "<br>&nbsp;&nbsp;".join(rows)
 
 
 def _finish(fig: go.Figure, result: Any, title: str, subtitle: str = "", *, height: int = HEIGHT,
@@ -346,7 +431,7 @@ def _diverged_trace(x: Sequence, values: np.ndarray, done: np.ndarray, y_at: flo
         x=[x[i] for i in bad], y=[y_at] * bad.size, mode="markers", name=name,
         marker=dict(symbol=DIVERGED, size=12, color=color, line=dict(width=2, color=color)),
         customdata=[[_exact(values[i]), coords_text[i]] for i in bad],
-        hovertemplate=f"<b>{html.escape(what)} = %{{customdata[0]}}</b> (diverged; drawn as a gap)"
+        hovertemplate=f"<b>{what} = %{{customdata[0]}}</b> (diverged; drawn as a gap)"
                       "<br>%{customdata[1]}<extra></extra>",
         legendgroup=legendgroup, showlegend=showlegend, cliponaxis=False,
     )
