@@ -35,7 +35,7 @@ as ``update_bn`` leaves it.
 from __future__ import annotations
 
 import types
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from landscape.errors import UserError
 
-__all__ = ["BN_BATCH", "Pool", "batchnorms", "group_bounds", "train_mode_statistics"]
+__all__ = ["BN_BATCH", "Pool", "batchnorms", "group_bounds", "recompute_statistics", "train_mode_statistics"]
 
 BN_BATCH = 128  # default group size: the usual training batch (the project's `train --batch-size`)
 
@@ -138,3 +138,35 @@ def train_mode_statistics(modules: Sequence[_BatchNorm]) -> Iterator[list]:
     finally:
         for m in modules:
             del m.forward
+
+
+@torch.inference_mode()
+def recompute_statistics(model: nn.Module, x: Tensor, bn_batch: int = BN_BATCH, *,
+                         modules: Sequence[_BatchNorm] | None = None,
+                         prepare: Callable[[Tensor], Tensor] | None = None) -> None:
+    """Set ``model``'s BatchNorm running statistics to those of the samples ``x`` (the
+    definition at the top of this module), in place; nothing else of the model changes
+    (integer buffers such as ``num_batches_tracked`` included).
+
+    ``modules``: the layers to recompute (default :func:`batchnorms`); ``prepare`` is applied
+    to every group before the forward (the engine's channels_last). Autocast, if wanted, is
+    the caller's context."""
+    modules = batchnorms(model) if modules is None else list(modules)
+    if not modules:
+        return
+    pool = Pool(len(modules))
+    with train_mode_statistics(modules) as collected:
+        for start, stop in group_bounds(len(x), bn_batch):
+            group = x[start:stop]
+            model(group if prepare is None else prepare(group))
+            for layer, n, mean, var in collected:
+                pool.add(layer, n, mean, var)
+            collected.clear()
+    for i, m in enumerate(modules):
+        stats = pool.result(i)
+        if stats is None:  # never reached by the forward: reset, as update_bn leaves it
+            m.running_mean.zero_()
+            m.running_var.fill_(1.0)
+        else:
+            m.running_mean.copy_(stats[0])
+            m.running_var.copy_(stats[1])

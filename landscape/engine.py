@@ -696,36 +696,17 @@ class Engine:
             out.append((self.layout[prefix + "running_mean"].slice, self.layout[prefix + "running_var"].slice))
         return out
 
-    def _bn_inputs(self) -> Iterator[Tensor]:
-        assert self._bn_data is not None
-        x = self._bn_data.x
-        for start, stop in self._bn_groups:
-            xb = x[start:stop]
-            if self.channels_last and xb.dim() == 4:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            yield xb
+    def _channels_last_input(self, x: Tensor) -> Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
 
     def _recompute_bn(self) -> None:
         """The BatchNorm statistics of the loaded point (``landscape.batchnorm``), written into
         the model's running buffers: one training-mode pass, one group of ``bn_batch`` samples
-        per forward (on the CPU that is also about the cache-sized batch, see bench/RESULTS.md).
-        Integer buffers (``num_batches_tracked``) are never touched."""
-        pool = batchnorm.Pool(len(self._bns))
-        with batchnorm.train_mode_statistics(self._bns) as collected:
-            for x in self._bn_inputs():
-                with self._autocast():
-                    self.model(x)
-                for layer, n, mean, var in collected:
-                    pool.add(layer, n, mean, var)
-                collected.clear()
-        for i, m in enumerate(self._bns):
-            stats = pool.result(i)
-            if stats is None:  # never reached by the forward: reset, as update_bn leaves it
-                m.running_mean.zero_()
-                m.running_var.fill_(1.0)
-            else:
-                m.running_mean.copy_(stats[0])
-                m.running_var.copy_(stats[1])
+        per forward (on the CPU that is also about the cache-sized batch, see bench/RESULTS.md)."""
+        assert self._bn_data is not None
+        with self._autocast():
+            batchnorm.recompute_statistics(self.model, self._bn_data.x, self.bn_batch, modules=self._bns,
+                                           prepare=self._channels_last_input)
 
     # ------------------------------------------------------------------ vmap
 

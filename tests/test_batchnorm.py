@@ -20,7 +20,7 @@ from torch.optim.swa_utils import update_bn
 
 from landscape.analyses import AnalysisOptions, interpolate
 from landscape.analyses.common import engine_for
-from landscape.batchnorm import BN_BATCH, group_bounds
+from landscape.batchnorm import BN_BATCH, group_bounds, recompute_statistics
 from landscape.checkpoint import save_checkpoint
 from landscape.data import Dataset, Split, load_dataset
 from landscape.engine import Engine
@@ -178,6 +178,24 @@ def test_statistics_pool_every_group_exactly(mnist1d, images, name):
     update_bn([data.train.x[a:b] for a, b in group_bounds(len(data.train), bn_batch)], legacy)
     first = next(k for k in expected if k.endswith("running_var"))
     assert not torch.allclose(legacy.state_dict()[first], expected[first], rtol=1e-4)
+
+
+def test_recompute_statistics_on_a_model_at_hand(mnist1d):
+    """The plain form (for a trainer's averaged model): the same definition, in place, nothing
+    else touched; a model without BatchNorm is left alone."""
+    state = wrong_bn_state(CNN_BN, 6)
+    model = model_at(CNN_BN, state)
+    recompute_statistics(model, mnist1d.train.x, 100)
+    expected = pooled_reference(CNN_BN, state, mnist1d.train.x, 4).state_dict()
+    for k, v in model.state_dict().items():
+        if "running" in k:
+            torch.testing.assert_close(v, expected[k], rtol=2e-5, atol=2e-6)
+        else:
+            assert torch.equal(v, state[k]), k
+    plain = build_model("mlp", num_classes=10, input_shape=[1, 40])
+    before = {k: v.clone() for k, v in plain.state_dict().items()}
+    recompute_statistics(plain, mnist1d.train.x)
+    assert all(torch.equal(before[k], v) for k, v in plain.state_dict().items())
 
 
 def test_bn_samples_is_a_seeded_subset_of_the_train_split_for_bn_only(mnist1d):
