@@ -140,7 +140,7 @@ def analysis_options(source: ModelAndData, evaluation: Evaluation, runtime: Runt
     apply_runtime(runtime)
     return AnalysisOptions(
         splits=tuple(s.strip() for s in evaluation.split.split(",") if s.strip()), subset=evaluation.subset,
-        bn=evaluation.bn, device=runtime.device, batch_size=evaluation.batch_size, seed=evaluation.seed,
+        bn=evaluation.bn, bn_samples=evaluation.bn_samples, bn_batch=evaluation.bn_batch, device=runtime.device, batch_size=evaluation.batch_size, seed=evaluation.seed,
         data_dir=str(source.data_dir) if source.data_dir else None, command=command_line(),
         overwrite=evaluation.force, progress=progress, bf16=evaluation.bf16,
         model=source.model, model_options=parse_options(source.model_option, "--model-option"),

@@ -71,6 +71,12 @@ class Evaluation:
     bn: Annotated[str, typer.Option(
         "--bn", help="recompute: BatchNorm statistics recomputed at every point from the train split; "
                      "keep: the stored ones")] = "recompute"
+    bn_samples: Annotated[Optional[int], typer.Option(
+        help="BatchNorm statistics from a fixed seeded subset of N train samples (default: the whole train "
+             "split; never the --subset)")] = None
+    bn_batch: Annotated[int, typer.Option(
+        help="BatchNorm statistics are pooled over groups of this many train samples (the batch size of "
+             "update_bn; 128)")] = 128
     batch_size: Annotated[int, typer.Option(help="Evaluation batch size")] = 2048
     seed: Annotated[int, typer.Option(help="Seed of random directions and of --subset")] = 0
     bf16: Annotated[bool, typer.Option(

@@ -14,11 +14,18 @@ How the engine is fast:
   into a view of one flat buffer, so loading a point is a single ``copy_`` (one memcpy), not
   ``load_state_dict``. Scoring runs under ``torch.inference_mode``.
 * ``"vmap"`` strategy: ``torch.func.functional_call`` + ``torch.func.vmap`` evaluate a chunk
-  of points in one batched forward (the chunk sized from ``memory_budget_gb``). It cannot
-  recompute BatchNorm statistics (that is a stateful pass per point), so it is only used
-  without BN recompute.
+  of points in one batched forward (the chunk sized from ``memory_budget_gb``). With BN
+  recompute it is two batched passes per chunk: one in which every BatchNorm layer
+  normalizes with batch statistics and hands out its per-point statistics, then the eval-mode
+  scoring with those statistics written into each point's running-statistics entries.
 * ``"auto"`` picks per device, see :func:`choose_strategy` for the rule and the numbers
   behind it.
+* BatchNorm recompute (``landscape.batchnorm`` has the exact definition): one training-mode
+  forward over the train split in groups of ``bn_batch`` (128) samples, which is also the
+  cache-sized batch on the CPU; each layer's statistics come out of the BatchNorm kernel
+  itself (``torch.native_batch_norm`` returns the batch mean and inverse std), so no extra
+  pass over the activations, no ``update_bn`` bookkeeping, nothing written into the model
+  but the final statistics.
 * CPU convolutions: 2-D conv nets run in ``channels_last`` (1.3-1.6x faster than NCHW for
   ResNet-20 in oneDNN; the conv weights are then refreshed by a strided copy per point), and
   the scoring batch is capped so one layer's output stays cache sized (ResNet-20: 128; see
@@ -32,7 +39,9 @@ How the engine is fast:
 
 Every number is the same kind as ``landscape.evaluate.evaluate``: per-sample mean
 cross-entropy and accuracy over the whole split (or a fixed seeded subset), accumulated in
-float64. NaN/inf are returned as they are; a diverged point never stops the others.
+float64. BatchNorm statistics come from the train split (whole, or its own ``bn_samples``
+subset), never from the scoring subset. NaN/inf are returned as they are; a diverged point
+never stops the others.
 """
 
 from __future__ import annotations
@@ -49,6 +58,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from landscape import batchnorm
+from landscape.batchnorm import BN_BATCH
 from landscape.data import Dataset, Split
 from landscape.errors import UserError
 from landscape.models import build_model
@@ -72,10 +83,6 @@ _NORM_TYPES: tuple[type, ...] = tuple(
     )
     if t is not None
 )
-
-
-def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
 # --------------------------------------------------------------------------- layout
@@ -253,12 +260,12 @@ def _first(names: Sequence[str], k: int = 3) -> str:
 
 
 def choose_strategy(device: torch.device, recompute_bn: bool, model: nn.Module | None = None) -> str:
-    """The ``"auto"`` rule: ``"vmap"`` on CUDA without BN recompute, ``"loop"`` otherwise.
+    """The ``"auto"`` rule: ``"vmap"`` on CUDA, ``"loop"`` on the CPU (with or without BN recompute).
 
-    * BatchNorm recompute is a stateful pass per point: always ``"loop"``.
     * CUDA: ``"vmap"`` (many small forwards become one large batched kernel per layer, which
-      is what keeps a GPU busy on small models). Not measured here (no GPU on the
-      development machine); ``bench/engine.py --device cuda`` times both.
+      is what keeps a GPU busy on small models; with BN recompute the groups of ``bn_batch``
+      samples become K x 128-sample batches). Not measured (no GPU on the development
+      machine); ``bench/engine.py --device cuda`` times both.
     * CPU: ``"loop"``, measured (table below): vmap never won. It turns a convolution with
       per-point weights into a grouped convolution, which the CPU kernels run 1.5-4x slower
       than K ordinary ones, and for MLPs the batched matmuls gain nothing over K large GEMMs
@@ -274,9 +281,12 @@ def choose_strategy(device: torch.device, recompute_bn: bool, model: nn.Module |
     mlp 256-256         161 (B2048)  128 (K8 B512), 122 (K4 B512), 68 (K114 B2048)
     mlp 100-100         409 (B2048)  395 (K256 B512), 358 (K256 B2048)
     ==================  ===========  ==========================================
+
+    With BN recompute (2026-11-30, same machine, 1 thread, load 4-7, CPU seconds per point,
+    median of 3 interleaved rounds; ``/tmp`` micro-benchmark): cnn1d+BN on MNIST-1D (4000 +
+    1000 samples, 4000 for the BN pass) loop 0.31, vmap 0.55 (chunk 53); resnet20 on 512 +
+    256 CIFAR-shaped images loop 2.58, vmap 9.46 (chunk 15). Equal to 2e-7.
     """
-    if recompute_bn:
-        return "loop"
     if device.type == "cuda":
         return "vmap"
     return "loop"
@@ -297,10 +307,14 @@ class Engine:
     ``model`` is a checkpoint's ``{"name", "kwargs"}`` or an ``nn.Module`` (copied; its own
     weights are never touched); ``data`` a loaded Dataset (moved to ``device`` if it is
     elsewhere). ``subset`` takes the same fixed seeded subset (``Split.subset(n, seed)``, n
-    capped at the split's size) of every split. ``bn``: ``"recompute"`` resets and recomputes BatchNorm statistics from the train split (its
-    subset) for every point, as ``torch.optim.swa_utils.update_bn`` does, with batches of
-    ``batch_size``; ``"keep"`` uses the point's own buffers. ``bf16`` runs the forward passes
-    under bfloat16 autocast (the loss is still computed in float32 and summed in float64).
+    capped at the split's size) of every split. ``bn``: ``"recompute"`` recomputes BatchNorm
+    statistics at every point from the whole train split, or from a fixed seeded subset of
+    ``bn_samples`` train samples (``Split.subset(bn_samples, seed)``), in either case
+    independent of ``subset``, in groups of ``bn_batch`` samples, with the exact pooled
+    definition of :mod:`landscape.batchnorm`; ``"keep"`` uses the point's own buffers.
+    ``batch_size`` caps the scoring batches (it never changes a number). ``bf16`` runs the
+    forward passes under bfloat16 autocast (the loss is still computed in float32 and summed
+    in float64).
     """
 
     def __init__(
@@ -312,6 +326,8 @@ class Engine:
         subset: int | None = None,
         seed: int = 0,
         bn: str = "recompute",
+        bn_samples: int | None = None,
+        bn_batch: int = BN_BATCH,
         batch_size: int = 2048,
         device: Any = "cpu",
         strategy: str = "auto",
@@ -331,6 +347,15 @@ class Engine:
             raise UserError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise UserError(f"batch size must be a positive integer, got {batch_size!r}")
+        if isinstance(bn_batch, bool) or not isinstance(bn_batch, (int, np.integer)) or bn_batch < 2:
+            raise UserError(f"BatchNorm batch (bn_batch) must be an integer >= 2, got {bn_batch!r}")
+        if bn_samples is not None:
+            if isinstance(bn_samples, bool) or not isinstance(bn_samples, (int, np.integer)) or bn_samples < 2:
+                raise UserError(f"bn_samples must be an integer >= 2 (train samples for the BatchNorm pass), "
+                                f"got {bn_samples!r}")
+            if bn != "recompute":
+                raise UserError("bn_samples chooses the samples BatchNorm statistics are recomputed from; "
+                                "it needs bn 'recompute'")
         if isinstance(memory_budget_gb, bool) or not isinstance(memory_budget_gb, (int, float)) \
                 or not memory_budget_gb > 0:
             raise UserError(f"memory budget must be a positive number of GB, got {memory_budget_gb!r}")
@@ -350,12 +375,13 @@ class Engine:
         self.seed = seed
         self.bn = bn
         self.batch_size = int(batch_size)
+        self.bn_batch = int(bn_batch)
         self.bf16 = bool(bf16)
         self.memory_budget_gb = float(memory_budget_gb)
 
         self.model = self.new_model().eval().requires_grad_(False)
         self.layout = StateLayout(self.model.state_dict(), self.model)
-        self._bns = _batchnorms(self.model)
+        self._bns = batchnorm.batchnorms(self.model)
         self.recompute = bn == "recompute" and bool(self._bns)
 
         # Data: the chosen splits (their subsets), plus the train split for BN recompute.
@@ -367,9 +393,18 @@ class Engine:
             return split
 
         self._data: dict[str, Split] = {s: prepare(getattr(data, s)) for s in splits}
+        # BatchNorm statistics: the whole train split, or its own bn_samples subset (never the
+        # scoring subset: --subset says which samples are scored, not what BN is fitted to).
         self._bn_data: Split | None = None
+        self.bn_samples: int | None = None  # None: the whole train split
         if self.recompute:
-            self._bn_data = self._data["train"] if "train" in self._data else prepare(data.train)
+            train = data.train if data.train.x.device == self.device else data.train.to(self.device)
+            if bn_samples is not None and bn_samples < len(train):
+                train = train.subset(int(bn_samples), seed)
+                self.bn_samples = len(train)
+            self._bn_data = train
+            self._bn_groups = batchnorm.group_bounds(len(train), self.bn_batch)
+            self._bn_entries = self._bn_slices()
         self.sizes = {s: len(v) for s, v in self._data.items()}
         self.full_sizes = {"train": len(data.train), "test": len(data.test)}  # before any subset
         self.num_classes = data.num_classes
@@ -386,9 +421,6 @@ class Engine:
 
         self._act_bytes, self._max_layer_bytes = self._activation_bytes_per_sample()
         self.score_batch = self._score_batch_size()
-        if strategy == "vmap" and self.recompute:
-            raise UserError("the vmap strategy cannot recompute BatchNorm statistics per point; "
-                            "use strategy 'loop' (or 'auto'), or bn 'keep'")
         if strategy == "auto":
             strategy = choose_strategy(self.device, self.recompute, self.model)
             if strategy == "vmap" and not self._vmap_works():
@@ -466,9 +498,6 @@ class Engine:
                     tensor.data = view
                 else:
                     module._buffers[attr] = view
-        self._int_buffers = [(m, name, b.detach().clone()) for m in self.model.modules()
-                             for name, b in m._buffers.items()
-                             if b is not None and not b.is_floating_point()]
 
     def _activation_bytes_per_sample(self) -> tuple[int, int]:
         """(sum, max) over module outputs for one sample, in float32 bytes."""
@@ -511,6 +540,8 @@ class Engine:
         point's own (batched) parameters.
         """
         batch = min(self.batch_size, max(len(s) for s in self._data.values()))
+        if self.recompute:  # the BatchNorm pass runs one group of up to bn_batch samples per call
+            batch = max(batch, max(stop - start for start, stop in self._bn_groups))
         budget = self.memory_budget_gb * 2**30
         per_point = batch * min(self._act_bytes, 4 * self._max_layer_bytes) + 8 * self.layout.dim
         return int(max(1, min(256, budget // per_point)))
@@ -521,6 +552,8 @@ class Engine:
         try:
             with torch.inference_mode():
                 self._vmap_logits(points, split.x[:2])
+                if self.recompute:
+                    self._vmap_recompute(points, [(0, 2)])
             return True
         except Exception as exc:
             if raise_error:
@@ -609,6 +642,8 @@ class Engine:
         if self.strategy == "vmap":
             for start in range(0, n, self.vmap_chunk):
                 block = points[start : start + self.vmap_chunk].to(self.device)
+                if self.recompute:
+                    block = self._vmap_recompute(block)
                 for s, split in self._data.items():
                     loss, correct = self._vmap_score(block, split)
                     sums[s][0][start : start + len(block)] = loss
@@ -656,46 +691,82 @@ class Engine:
             undefined |= ~torch.isfinite(logits).all()  # argmax of NaN/inf logits is no prediction
         return loss, torch.where(undefined, -1, correct)  # -1: accuracy NaN (see _evaluate_block)
 
-    def _recompute_bn(self) -> None:
-        """``update_bn`` on the train split: reset, momentum None (cumulative mean), one pass.
-
-        Only the BatchNorm modules are put in train mode (update_bn switches the whole model),
-        so a model with dropout gets deterministic statistics; without dropout-like modules
-        the two are the same computation. Integer buffers are restored afterwards.
-        """
-        assert self._bn_data is not None
-        momenta = []
+    def _bn_slices(self) -> list[tuple[slice, slice]]:
+        """Where each recomputed BatchNorm layer's running mean and variance sit in a point."""
+        names = {id(m): name for name, m in self.model.named_modules()}
+        out = []
         for m in self._bns:
-            m.reset_running_stats()
-            momenta.append(m.momentum)
-            m.momentum = None
-            m.train()
-        try:
-            # The BN pass keeps ``batch_size``: update_bn's statistics depend on the batches.
-            for x, _ in self._batches(self._bn_data, self.batch_size):
-                with self._autocast():
-                    self.model(x)
-        finally:
-            for m, momentum in zip(self._bns, momenta):
-                m.momentum = momentum
-                m.eval()
-            for module, name, value in self._int_buffers:
-                module._buffers[name].copy_(value)
+            prefix = f"{names[id(m)]}." if names[id(m)] else ""
+            out.append((self.layout[prefix + "running_mean"].slice, self.layout[prefix + "running_var"].slice))
+        return out
+
+    def _channels_last_input(self, x: Tensor) -> Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
+    def _recompute_bn(self) -> None:
+        """The BatchNorm statistics of the loaded point (``landscape.batchnorm``), written into
+        the model's running buffers: one training-mode pass, one group of ``bn_batch`` samples
+        per forward (on the CPU that is also about the cache-sized batch, see bench/RESULTS.md)."""
+        assert self._bn_data is not None
+        with self._autocast():
+            batchnorm.recompute_statistics(self.model, self._bn_data.x, self.bn_batch, modules=self._bns,
+                                           prepare=self._channels_last_input)
 
     # ------------------------------------------------------------------ vmap
 
-    def _vmap_logits(self, points: Tensor, x: Tensor) -> Tensor:
+    def _vmap_params(self, points: Tensor) -> dict[str, Tensor]:
         k = len(points)
         params = {}
         for e in self.layout.entries:
             value = points[:, e.slice].view(k, *e.shape)
             params[e.name] = value if e.dtype == torch.float32 else value.to(e.dtype)
+        return params
 
+    def _vmap_logits(self, points: Tensor, x: Tensor) -> Tensor:
         def one(p: dict[str, Tensor], inputs: Tensor) -> Tensor:
             return torch.func.functional_call(self.model, p, (inputs,))
 
         with self._autocast():
-            return torch.func.vmap(one, in_dims=(0, None))(params, x)
+            return torch.func.vmap(one, in_dims=(0, None))(self._vmap_params(points), x)
+
+    def _vmap_recompute(self, points: Tensor, groups: Sequence[tuple[int, int]] | None = None) -> Tensor:
+        """``points`` with each one's own recomputed BatchNorm statistics in its running entries.
+
+        The same definition as the loop (``landscape.batchnorm``), batched over points: per
+        group one vmapped training-mode forward, whose BatchNorm layers return their per-point
+        batch statistics as outputs of the vmapped function (they cannot leave it any other
+        way); the groups are pooled per point in float64.
+        """
+        assert self._bn_data is not None
+        params = self._vmap_params(points)
+        pool = batchnorm.Pool(len(self._bns))
+        with batchnorm.train_mode_statistics(self._bns) as collected:
+            layers: list[tuple[int, int]] = []
+
+            def one(p: dict[str, Tensor], inputs: Tensor) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
+                collected.clear()
+                torch.func.functional_call(self.model, p, (inputs,))
+                layers[:] = [(layer, n) for layer, n, _, _ in collected]
+                stats = (tuple(c[2] for c in collected), tuple(c[3] for c in collected))
+                collected.clear()
+                return stats
+
+            vmapped = torch.func.vmap(one, in_dims=(0, None))
+            for start, stop in self._bn_groups if groups is None else groups:
+                with self._autocast():
+                    means, variances = vmapped(params, self._bn_data.x[start:stop])
+                for (layer, n), mean, var in zip(layers, means, variances):
+                    pool.add(layer, n, mean, var)
+        out = points.clone()
+        for i, (mean_slice, var_slice) in enumerate(self._bn_entries):
+            stats = pool.result(i)
+            if stats is None:
+                out[:, mean_slice] = 0.0
+                out[:, var_slice] = 1.0
+            else:
+                out[:, mean_slice] = stats[0].to(out.dtype)
+                out[:, var_slice] = stats[1].to(out.dtype)
+        return out
 
     def _vmap_score(self, points: Tensor, split: Split) -> tuple[Tensor, Tensor]:
         k = len(points)

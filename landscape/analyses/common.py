@@ -28,6 +28,7 @@ from landscape.checkpoint import Checkpoint, atomic_torch_save, checkpoint_diges
     resolve_specs
 from landscape.data import Dataset, load_dataset
 from landscape.device import resolve_device
+from landscape.batchnorm import BN_BATCH
 from landscape.engine import Engine
 from landscape.errors import UserError
 from landscape.store import ResultWriter, root_attrs
@@ -44,6 +45,11 @@ class AnalysisOptions:
     splits: Sequence[str] = SPLITS
     subset: int | None = None
     bn: str = "recompute"
+    # BatchNorm statistics (bn="recompute"): from the whole train split (None) or a fixed seeded
+    # subset of bn_samples train samples, never from `subset`; groups of bn_batch samples
+    # (landscape.batchnorm has the exact definition).
+    bn_samples: int | None = None
+    bn_batch: int = BN_BATCH
     device: str = "auto"
     batch_size: int = 2048
     seed: int = 0
@@ -72,6 +78,13 @@ class AnalysisOptions:
             raise UserError(f"--subset must be >= 1, got {self.subset}")
         if self.batch_size < 1:
             raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if self.bn_samples is not None and self.bn_samples < 2:
+            raise UserError(f"--bn-samples must be >= 2, got {self.bn_samples}")
+        if self.bn_samples is not None and self.bn != "recompute":
+            raise UserError("--bn-samples chooses the train samples BatchNorm statistics are recomputed from; "
+                            "it needs --bn recompute")
+        if self.bn_batch < 2:
+            raise UserError(f"--bn-batch must be >= 2, got {self.bn_batch}")
 
 
 def parse_range(text: str, flag: str, default_points: int | None = None) -> np.ndarray:
@@ -172,8 +185,11 @@ def engine_for(model: dict[str, Any] | torch.nn.Module, data: Dataset, opts: Ana
         smallest = min(len(getattr(data, s)) for s in opts.splits)
         if opts.subset > smallest:
             raise UserError(f"--subset {opts.subset} is larger than the split ({smallest} samples)")
+    if opts.bn_samples is not None and opts.bn_samples > len(data.train):
+        raise UserError(f"--bn-samples {opts.bn_samples} is larger than the train split ({len(data.train)} samples)")
     return Engine(model, data, splits=tuple(opts.splits), subset=opts.subset, seed=opts.seed, bn=opts.bn,
-                  batch_size=opts.batch_size, device=data.device, strategy=opts.strategy, bf16=opts.bf16)
+                  bn_samples=opts.bn_samples, bn_batch=opts.bn_batch, batch_size=opts.batch_size,
+                  device=data.device, strategy=opts.strategy, bf16=opts.bf16)
 
 
 def vector(engine: Engine, ckpt: Checkpoint) -> torch.Tensor:
@@ -249,6 +265,11 @@ def result_attrs(analysis: str, ckpts: Sequence[Checkpoint], engine: Engine, opt
                        dataset_spec=engine.data_spec, subset=opts.subset, bn_mode=opts.bn, seed=opts.seed,
                        normalization=normalization, digests=[checkpoint_digest(c) for c in ckpts])
     attrs["model"] = engine.model_spec
+    if engine.recompute:
+        # Which train samples the BatchNorm statistics came from, and in what groups: both
+        # change the numbers, so both are part of the file's identity (-1: the whole split).
+        attrs["bn_samples"] = -1 if engine.bn_samples is None else engine.bn_samples
+        attrs["bn_batch"] = engine.bn_batch
     notes = [f"{c.path}: {note}" for c in ckpts for note in c.notes]
     if notes:
         attrs["checkpoint_notes"] = notes
