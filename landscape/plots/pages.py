@@ -333,7 +333,8 @@ def report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> 
     folder of result files works too."""
     run_dir = Path(run_dir)
     compare_h5 = run_dir / "compare.h5"  # `landscape compare` output: its table first
-    items: list[go.Figure | str] = []
+    from landscape.plots.flatness import section as flatness_section
+    items: list[go.Figure | str] = flatness_section(run_dir)  # the solutions' flatness in numbers, on top
     if compare_h5.is_file():
         items += ["<h2>Comparison</h2>", _compare_section(compare_h5)]
         try:
