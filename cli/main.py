@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from cli import analyses, compare, render, sharpness, train
+from cli import analyses, compare, render, reproduce, sharpness, train
 from cli.common import err_console
 from landscape.errors import UserError
 
@@ -24,7 +24,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for module in (train, analyses, sharpness, compare, render):
+for module in (train, analyses, sharpness, compare, render, reproduce):
     module.register(app)
 
 
