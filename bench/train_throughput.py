@@ -26,7 +26,9 @@ processes on a shared machine hits both sides alike):
    "ours (step loop)" is the body of ``landscape.train.train_optimizer``'s inner loop with
    the trainer's own pieces (``batch_indices``, ``augment``, ``set_lr``, ``train_step``,
    data resident on the device); "ours (train())" times ``landscape.train.train()``
-   itself, per steady-state epoch, which also evaluates the whole train and test splits
+   itself, per steady-state epoch, which also runs its default evaluation (the whole test
+   split and a fixed train subset of the same size; bench/train_epoch.py has the whole-epoch
+   comparison against the reference repositories' loops)
    and writes two checkpoints every epoch (work the reference loop does not do).
 2. SAM and ASAM step cost over the SGD step cost (``train_step`` on the same batches).
 3. Averaging overhead: the step loop with ``AveragedModel.update_parameters`` after every
@@ -779,7 +781,7 @@ def bench_train_epoch(case: Case, device: torch.device, ref: Timing, tmp: Path, 
     epochs = 2 if (quick or case.model != "cnn1d") else 3
     rounds = 2 if (quick or case.model != "cnn1d") else 3
     say(f"\n== {case.key}: landscape.train.train() per steady-state epoch ({epochs} epochs per call, "
-        f"best of {rounds}; includes full-split train+test evaluation and 2 checkpoints per epoch)")
+        f"best of {rounds}; includes the default evaluation and 2 checkpoints per epoch)")
     runner = train_runner(case, device, tmp, epochs)
     ref_runner = reference_runner(case, device, 0)
     # One reference epoch per round, interleaved with train().

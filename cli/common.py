@@ -97,15 +97,15 @@ class _Bar:
     def __exit__(self, *exc: Any) -> None:
         self.progress.__exit__(*exc)
 
-    def log(self, what: str, done: int, total: int, force: bool = False) -> None:
-        """The plain line: ``what done/total, elapsed, about N s left`` (rate since the start)."""
+    def log(self, what: str, done: int, total: int, force: bool = False, note: str = "") -> None:
+        """The plain line: ``what done/total[, note], elapsed, about N s left`` (rate since the start)."""
         now = time.monotonic()
         if self.live or (not force and now - self.logged < self.LOG_SECONDS):
             return
         self.logged = now
         elapsed = now - self.started
         left = f", about {elapsed / done * (total - done):.0f} s left" if 0 < done < total else ""
-        self.console.print(f"{what} {done}/{total}, {elapsed:.0f} s{left}", markup=False, highlight=False)
+        self.console.print(f"{what} {done}/{total}{note}, {elapsed:.0f} s{left}", markup=False, highlight=False)
 
 
 class TrainProgress(_Bar):
@@ -122,9 +122,7 @@ class TrainProgress(_Bar):
         if "epoch_done" in event:
             m = event.get("metrics", {})
             acc = f", test acc {100 * m['test_acc']:.2f}%" if isinstance(m.get("test_acc"), float) else ""
-            self.log(f"{name}: epoch", event["epoch_done"], event["epochs"], force=True)
-            if not self.live and acc:
-                self.console.print(f"{name}: epoch {event['epoch_done']}{acc}", markup=False, highlight=False)
+            self.log(f"{name}: epoch", event["epoch_done"], event["epochs"], force=True, note=acc)
             return
         if "batch" not in event:
             return

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from cli.common import TrainProgress, apply_runtime, command_line, console, err_console
 from cli.options import ModelAndData, Runtime, Training, grouped
-from cli.train import Optimizers, train_config
+from cli.train import train_config
 
 DEFAULT_OPTIMIZERS = ["sgd", "asgd", "phase", "sam", "asam"]
 DEFAULT_SEEDS = 5
@@ -40,7 +40,9 @@ def register(app: typer.Typer) -> None:
 
 @grouped
 def compare(
-    optimizer: Optimizers = list(DEFAULT_OPTIMIZERS),
+    optimizer: Annotated[Optional[list[str]], typer.Option(
+        "--optimizer", "-O", help="sgd, asgd, swa, phase, sam, asam, lookahead; repeat. Default: sgd asgd phase "
+                                  "sam asam, or sgd and the --preset's optimizer", show_default=False)] = None,
     seeds: Annotated[int, typer.Option(help="Number of seeds (seed, seed+1, ...); each seed is one initialization shared by every optimizer")] = DEFAULT_SEEDS,
     seed: Annotated[int, typer.Option(help="First seed")] = 0,
     sweep: Annotated[Optional[str], typer.Option(help="One setting over values, e.g. lr=0.05,0.1,0.2, rho=0.02,0.05,0.1 or gamma0=0.8,0.9,0.95; only the optimizers it changes are retrained per value")] = None,
@@ -67,6 +69,8 @@ def compare(
         raise UserError("give --epochs or --budget, not both (--budget chooses the epochs)")
     apply_runtime(runtime)
     mnist1d = (source.dataset or "mnist1d").lower().replace("-", "") == "mnist1d"
+    if optimizer is None and training.preset is None:
+        optimizer = list(DEFAULT_OPTIMIZERS)
     cfg = train_config(optimizer, epochs or DEFAULT_EPOCHS, seed, source, training, runtime,
                        data_defaults={"num_test": DEFAULT_NUM_TEST} if mnist1d else None)
     display = err_console if as_json else console

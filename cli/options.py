@@ -83,14 +83,25 @@ class Evaluation:
 
 @dataclasses.dataclass
 class Training:
-    """The hyper-parameters of a training run (landscape train and landscape compare)."""
+    """The hyper-parameters of a training run (landscape train and landscape compare).
 
+    Settings a paper preset may fill default to None ("not given"): a --preset fills them,
+    otherwise landscape's default (in the help) applies; an explicit value always wins."""
+
+    preset: Annotated[Optional[str], typer.Option(
+        help="A paper's recipe: nitanda2024 (asgd), kobayashi2024 (phase), izmailov2018 (swa), foret2021 (sam), "
+             "kwon2021 (asam). Fills the settings that paper's code fixes unless given explicitly; without "
+             "--optimizer it trains the paper's optimizer (README: 'Paper settings vs landscape defaults')")] = None
     batch_size: Annotated[int, typer.Option(help="Mini-batch size")] = 128
     lr: Annotated[float, typer.Option(help="Peak learning rate")] = 0.1
-    momentum: Annotated[float, typer.Option(help="SGD momentum")] = 0.9
-    nesterov: Annotated[bool, typer.Option(help="Nesterov momentum")] = False
-    weight_decay: Annotated[float, typer.Option(help="L2 weight decay (coupled, as torch.optim.SGD)")] = 5e-4
-    schedule: Annotated[str, typer.Option(help="phases (constant LR per phase), cosine or constant")] = "phases"
+    momentum: Annotated[Optional[float], typer.Option(help="SGD momentum (default 0.9)")] = None
+    nesterov: Annotated[Optional[bool], typer.Option("--nesterov/--no-nesterov", help="Nesterov momentum (default off)",
+                                                     show_default=False)] = None
+    weight_decay: Annotated[Optional[float], typer.Option(
+        help="L2 weight decay, coupled as torch.optim.SGD (default 5e-4)")] = None
+    schedule: Annotated[Optional[str], typer.Option(
+        help="phases (constant LR per phase), cosine, constant, or linear (the SWA code's: lr, then linear to "
+             "--swa-lr) (default phases)")] = None
     phases: Annotated[Optional[str], typer.Option(
         help="epochs:lr per phase, e.g. 80:0.1,40:0.01,40:0.001; default half, quarter, quarter at lr, "
              "lr/10, lr/100")] = None
@@ -99,20 +110,35 @@ class Training:
                           "(e.g. averaged SAM)")] = False
     avg_start: Annotated[Optional[int], typer.Option(
         help="First epoch averaged by asgd/--average (default: epochs//2 + 1)")] = None
-    avg_every: Annotated[str, typer.Option(help="Average every 'epoch' or every 'step'")] = "epoch"
+    avg_every: Annotated[Optional[str], typer.Option(help="Average every 'epoch' or every 'step' (default epoch)")] = None
     swa_start: Annotated[Optional[int], typer.Option(help="First SWA epoch (default 75% of epochs)")] = None
     swa_lr: Annotated[Optional[float], typer.Option(help="SWA learning rate (default lr/2)")] = None
     swa_cycle: Annotated[int, typer.Option(
         help="0: constant SWA LR, average each epoch; c>0: cyclic LR over c epochs, average at cycle ends")] = 0
     swa_lr_max: Annotated[Optional[float], typer.Option(help="Top of each SWA cycle (default lr)")] = None
-    gamma0: Annotated[float, typer.Option(help="Phase-wise base decay; gamma = gamma0^(80/T_p)")] = 0.9
+    gamma0: Annotated[Optional[float], typer.Option(
+        help="Phase-wise base decay; gamma = gamma0^(80/T_p) (default 0.9)")] = None
     phase_momentum: Annotated[str, typer.Option(
         help="At a phase start from the average: 'keep' or 'reset' the momentum buffer")] = "keep"
     rho: Annotated[Optional[float], typer.Option(help="SAM/ASAM radius (default 0.05 SAM, 0.5 ASAM)")] = None
-    asam_eta: Annotated[float, typer.Option(help="ASAM eta in T = |w| + eta")] = 0.01
+    asam_eta: Annotated[Optional[float], typer.Option(help="ASAM eta in T = |w| + eta (default 0.01)")] = None
     asam_filterwise: Annotated[bool, typer.Option(help="ASAM with filter-wise T instead of element-wise")] = False
-    lookahead_k: Annotated[int, typer.Option(help="Lookahead: fast steps per slow update")] = 5
-    lookahead_alpha: Annotated[float, typer.Option(help="Lookahead: slow step size")] = 0.5
+    asam_scope: Annotated[Optional[str], typer.Option(
+        help="Parameters ASAM rescales: all (the paper's eq. 5, default) or weights (the official code: T = 1 "
+             "for biases and BatchNorm shifts)")] = None
+    lookahead_k: Annotated[Optional[int], typer.Option(help="Lookahead: fast steps per slow update (default 5)")] = None
+    lookahead_alpha: Annotated[Optional[float], typer.Option(help="Lookahead: slow step size (default 0.5)")] = None
+    bn_data: Annotated[Optional[str], typer.Option(
+        help="Data for averaged models' BatchNorm statistics: plain (the un-augmented train split, what the "
+             "analyses' --bn recompute sees; default) or augmented (through the training augmentation, as the "
+             "SWA and averaged-SGD codes)")] = None
+    eval_every: Annotated[int, typer.Option(
+        help="Score the train split every K epochs (and at the last); the test split is scored every epoch")] = 1
+    eval_train_samples: Annotated[Optional[int], typer.Option(
+        help="Train samples scored per epoch: a fixed seeded subset (default: as many as the test split; 0: the "
+             "whole split); the whole split at the last epoch")] = None
+    eval_batch_size: Annotated[Optional[int], typer.Option(
+        help="Scoring batch (default 128 on CPU, 1024 on accelerators)")] = None
     channels_last: Annotated[bool, typer.Option(
         "--channels-last", help="2-D conv nets in channels_last memory format (faster on CPUs and tensor "
                                 "cores)")] = False

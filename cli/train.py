@@ -16,21 +16,22 @@ EPILOG = (
     "Examples:\n\n"
     "  landscape train --optimizer sgd --optimizer swa --epochs 20 --out runs/x\n\n"
     "  landscape train --optimizer phase --phases 10:0.1,5:0.01,5:0.001 --out runs/phase\n\n"
+    "  landscape train --preset izmailov2018 --epochs 60 --out runs/swa   (the SWA paper's recipe)\n\n"
     "  landscape train --dataset cifar10 --data-dir ~/data --model resnet20 --optimizer sam --rho 0.05 --out runs/c10\n\n"
     "  landscape train --dataset mydata:splits --model mymodels:net --out runs/mine   (your own data and model)\n\n"
     "  landscape train --optimizer sgd --save-every-steps 10 --out runs/steps   (mini-batch checkpoints)"
 )
 
-Optimizers = Annotated[list[str], typer.Option(
+Optimizers = Annotated[Optional[list[str]], typer.Option(
     "--optimizer", "-O", help="sgd, asgd, swa, phase, sam, asam, lookahead; repeat for several runs from one "
-                              "initialization")]
+                              "initialization (default: sgd, or the --preset's optimizer)", show_default=False)]
 
 
 def register(app: typer.Typer) -> None:
     app.command(epilog=EPILOG)(train)
 
 
-def train_config(optimizers: list[str], epochs: int, seed: int, source: ModelAndData, training: Training,
+def train_config(optimizers: list[str] | None, epochs: int, seed: int, source: ModelAndData, training: Training,
                  runtime: Runtime, data_defaults: dict[str, Any] | None = None) -> Any:
     """The library's TrainConfig from the option groups (shared by train and compare)."""
     from landscape.train import TrainConfig
@@ -41,7 +42,7 @@ def train_config(optimizers: list[str], epochs: int, seed: int, source: ModelAnd
         raise UserError("--state-key is for reading checkpoints; training writes its own")
     data_options = {**(data_defaults or {}), **parse_options(source.data_option, "--data-option")}
     return TrainConfig(
-        optimizers=list(optimizers), dataset=source.dataset or "mnist1d", data_options=data_options,
+        optimizers=list(optimizers or []), dataset=source.dataset or "mnist1d", data_options=data_options,
         data_dir=str(source.data_dir) if source.data_dir else None, model=source.model,
         model_options=parse_options(source.model_option, "--model-option"), epochs=epochs, seed=seed,
         device=runtime.device, **dataclasses.asdict(training))
@@ -49,7 +50,7 @@ def train_config(optimizers: list[str], epochs: int, seed: int, source: ModelAnd
 
 @grouped
 def train(
-    optimizer: Optimizers = ["sgd"],
+    optimizer: Optimizers = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory")] = Path("runs/default"),
     epochs: Annotated[int, typer.Option(help="Training epochs")] = 20,
     source: ModelAndData = ModelAndData(),

@@ -260,7 +260,7 @@ def make_plan(config: TrainConfig, out: str | Path, *, seeds: int = 3, first_see
         raise UserError(f"--seeds must be an integer >= 1, got {seeds!r}")
     if first_seed < 0:
         raise UserError(f"--seed must be >= 0, got {first_seed}")
-    optimizers = list(config.optimizers) or ["sgd"]
+    optimizers = list(config.optimizers) or list(_resolve(config, "").optimizers)  # the preset's, else sgd
     for name in optimizers:
         if name not in OPTIMIZERS:
             raise UserError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
@@ -271,7 +271,7 @@ def make_plan(config: TrainConfig, out: str | Path, *, seeds: int = 3, first_see
     elif baseline not in optimizers:
         raise UserError(f"--baseline {baseline}: not among the optimizers ({', '.join(optimizers)})")
     config = replace(config, optimizers=optimizers, seed=first_seed)
-    _resolve(config, "")  # the settings themselves, before any sweep
+    resolved = _resolve(config, "")  # the settings themselves, before any sweep
     out = Path(out)
     seed_list = [first_seed + i for i in range(seeds)]
     swept: list[str] = []
@@ -285,7 +285,7 @@ def make_plan(config: TrainConfig, out: str | Path, *, seeds: int = 3, first_see
             targets = SWEEP_KEYS[sweep.key][1] or ()
             raise UserError(f"--sweep {sweep.key} changes none of the optimizers "
                             f"({', '.join(optimizers)}); it applies to {', '.join(sorted(targets))}")
-        if sweep.key == "lr" and config.schedule == "phases" and config.phases is not None:
+        if sweep.key == "lr" and resolved.schedule == "phases" and config.phases is not None:
             raise UserError("--sweep lr with --phases: the phases fix the learning rates; leave --phases out "
                             "(the default phases scale with lr) or use --schedule cosine")
     plain = [o for o in optimizers if o not in swept]
@@ -416,7 +416,7 @@ def compare(config: TrainConfig, out: str | Path, *, seeds: int = 3, first_seed:
     if budget is not None and not (isinstance(budget, (int, float)) and math.isfinite(budget) and budget > 0):
         raise UserError(f"--budget must be a positive number of seconds, got {budget!r}")
     out = Path(out)
-    if budget is not None and config.phases is not None and config.schedule == "phases":
+    if budget is not None and config.phases is not None and config.schedule in (None, "phases"):
         raise UserError("--budget chooses the number of epochs, so --phases (which fixes it) cannot be given too")
     plan = make_plan(config, out, seeds=seeds, first_seed=first_seed, sweep=sweep, baseline=baseline)
     distributed.on_main(lambda: _prepare_out(plan, force=force))

@@ -18,14 +18,15 @@ import json
 import math
 import platform
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import update_bn
 
 import landscape
 from landscape import distributed
@@ -38,14 +39,16 @@ from landscape.checkpoint import (
 from landscape.data import Dataset, augment, batch_indices, load_dataset
 from landscape.device import resolve_device
 from landscape.errors import UserError
+from landscape.evaluate import evaluate, has_batchnorm
 from landscape.factories import is_user_factory
-from landscape.evaluate import evaluate, recompute_bn
 from landscape import models
 from landscape.models import build_model
 from landscape.optim import (
+    ASAM_SCOPES,
     SAM,
     Lookahead,
     LRSchedule,
+    asam_param_groups,
     bias_corrected_ema,
     copy_average_into,
     frozen_bn_stats,
@@ -57,13 +60,98 @@ from landscape.optim import schedules
 OPTIMIZERS = ("sgd", "asgd", "swa", "phase", "sam", "asam", "lookahead")
 AVERAGING = ("asgd", "swa", "phase")  # always produce averaged.pt
 DEFAULT_MODEL = {"mnist1d": "cnn1d"}  # image datasets default to resnet20
+SCHEDULES = ("phases", "cosine", "constant", "linear")
+BN_DATA = ("plain", "augmented")
+
+
+# The settings a paper preset may fill, and what each is when neither the user nor a preset
+# gives it (field default None = "not given"). Explicit values always win over a preset.
+LANDSCAPE_DEFAULTS: dict[str, Any] = {
+    "momentum": 0.9,
+    "nesterov": False,
+    "weight_decay": 5e-4,
+    "schedule": "phases",
+    "avg_every": "epoch",
+    "asam_eta": 0.01,
+    "asam_scope": "all",
+    "gamma0": 0.9,
+    "lookahead_k": 5,
+    "lookahead_alpha": 0.5,
+    "bn_data": "plain",
+}
+
+Setting = Any  # a value, or a function of the config (its epochs, lr) giving one
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One paper's recipe: the optimizer it proposes and the settings its code fixes."""
+
+    optimizer: str
+    paper: str
+    source: str  # where the values were read
+    values: dict[str, Setting]
+
+
+PRESETS: dict[str, Preset] = {
+    # anitan0925/averaged_sgd main.py: SGD without momentum, weight decay 5e-3, cosine
+    # (CosineAnnealingLR to 0), AveragedModel.update_parameters after every step from
+    # epoch 300 of 400 (0-based), BatchNorm of the average from the augmented train loader.
+    "nitanda2024": Preset("asgd", "Nitanda, Kikuchi, Maeda, Wu, AISTATS 2024", "anitan0925/averaged_sgd main.py", {
+        "momentum": 0.0, "nesterov": False, "weight_decay": 5e-3, "schedule": "cosine",
+        "avg_every": "step", "avg_start": lambda c: int(0.75 * c.epochs) + 1, "bn_data": "augmented",
+    }),
+    # The paper, Sec. 3: momentum 0.9, weight decay 5e-4 (ResNet/WRN/DenseNet), phases
+    # 80/40/40 epochs at 0.1/0.01/0.001 (the default phases scaled to --epochs), gamma0 0.9,
+    # Lookahead k = 5 (alpha 0.5, Lookahead's own default) as its baseline, BatchNorm
+    # recalibrated after averaging "as in [13, 6]" (the SWA code: the augmented train loader).
+    "kobayashi2024": Preset("phase", "Kobayashi, phase-wise parameter aggregation", "the paper, Sec. 2-3", {
+        "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4, "schedule": "phases",
+        "phases": lambda c: _default_phases(c.epochs, c.lr), "gamma0": 0.9,
+        "lookahead_k": 5, "lookahead_alpha": 0.5, "bn_data": "augmented",
+    }),
+    # timgaripov/swa train.py with the README's WideResNet28x10 / VGG16 commands: momentum
+    # 0.9, weight decay 5e-4, swa_lr = lr / 2 (0.05 at lr 0.1), SWA from epoch 161 of 300,
+    # its schedule (lr for the first half of swa_start, linear to swa_lr by 90% of it),
+    # averaging every epoch, bn_update over the augmented train loader.
+    "izmailov2018": Preset("swa", "Izmailov et al., UAI 2018", "timgaripov/swa train.py + README", {
+        "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4, "schedule": "linear",
+        "swa_start": lambda c: int(c.epochs * 160 / 300) + 1, "swa_lr": lambda c: c.lr / 2,
+        "bn_data": "augmented",
+    }),
+    # google-research/sam (the paper's code) defaults: rho 0.05, SGD with Nesterov momentum
+    # 0.9, cosine schedule, weight decay 1e-3 (an L2 term in its loss; landscape applies it
+    # in the base optimizer at w, see README "Paper settings vs landscape defaults").
+    "foret2021": Preset("sam", "Foret et al., ICLR 2021", "google-research/sam flax_training.py", {
+        "rho": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3, "schedule": "cosine",
+    }),
+    # SamsungLabs/ASAM example_cifar.py + README (CIFAR-10 command): rho 0.5, eta 0.0 (the
+    # script's default; the ASAM class's own default is 0.01), T only on parameters named
+    # *weight*, SGD momentum 0.9, weight decay 5e-4, cosine (CosineAnnealingLR to 0).
+    "kwon2021": Preset("asam", "Kwon et al., ICML 2021", "SamsungLabs/ASAM asam.py + example_cifar.py", {
+        "rho": 0.5, "asam_eta": 0.0, "asam_scope": "weights",
+        "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4, "schedule": "cosine",
+    }),
+}
+
+
+def _default_phases(epochs: int, lr: float) -> str:
+    """50% / 25% / 25% of the epochs at lr, lr/10, lr/100: Kobayashi's 80/40/40 shape."""
+    first, second = max(1, epochs // 2), max(0, epochs // 4)
+    parts = [(first, lr), (second, lr / 10), (epochs - first - second, lr / 100)]
+    return ",".join(f"{t}:{x:g}" for t, x in parts if t > 0)
 
 
 @dataclass
 class TrainConfig:
-    """Everything that decides a run. Stored resolved in RUN/config.json."""
+    """Everything that decides a run. Stored resolved in RUN/config.json.
 
-    optimizers: list[str] = field(default_factory=lambda: ["sgd"])
+    A field whose default is None is "not given": ``resolved()`` fills it from ``preset``
+    (if the preset fixes it) or from landscape's own default (``LANDSCAPE_DEFAULTS`` and
+    the rules below). A value the user gives always wins over the preset.
+    """
+
+    optimizers: list[str] = field(default_factory=list)  # empty: the preset's optimizer, else ["sgd"]
     dataset: str = "mnist1d"
     data_options: dict[str, Any] = field(default_factory=dict)
     data_dir: str | None = None
@@ -72,34 +160,51 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 128
     lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
-    schedule: str = "phases"  # phases | cosine | constant
+    momentum: float | None = None  # 0.9
+    nesterov: bool | None = None  # False
+    weight_decay: float | None = None  # 5e-4
+    schedule: str | None = None  # phases | cosine | constant | linear (the SWA paper's); phases
     phases: str | None = None  # "80:0.1,40:0.01,40:0.001"; None = 50%/25%/25% at lr, lr/10, lr/100
+    # A paper's recipe (PRESETS): fills the settings that paper fixes, unless given.
+    preset: str | None = None
+    preset_applied: dict[str, Any] = field(default_factory=dict)  # filled by resolved(): what the preset set
     # averaged SGD (Nitanda et al.) and --average on any other optimizer
     average: bool = False
     avg_start: int | None = None  # first epoch averaged; None = epochs // 2 + 1
-    avg_every: str = "epoch"  # epoch | step
+    avg_every: str | None = None  # epoch | step; epoch
     # SWA (Izmailov et al.)
     swa_start: int | None = None  # None = 75% of epochs
     swa_lr: float | None = None  # None = lr / 2
     swa_cycle: int = 0  # 0 = constant SWA LR, averaged every epoch; c > 0 = cyclic, averaged per cycle
     swa_lr_max: float | None = None  # top of each cycle; None = lr
     # phase-wise aggregation (Kobayashi)
-    gamma0: float = 0.9
+    gamma0: float | None = None  # 0.9
     phase_momentum: str = "keep"  # keep | reset the momentum buffer when a phase starts from the average
     # SAM / ASAM
     rho: float | None = None  # None = 0.05 (SAM) or 0.5 (ASAM)
-    asam_eta: float = 0.01
+    asam_eta: float | None = None  # 0.01
     asam_filterwise: bool = False
+    asam_scope: str | None = None  # all | weights (official ASAM code: T = 1 for non-"weight" params); all
     # Lookahead
-    lookahead_k: int = 5
-    lookahead_alpha: float = 0.5
+    lookahead_k: int | None = None  # 5
+    lookahead_alpha: float | None = None  # 0.5
+    # BatchNorm statistics of averaged models (and of a phase's start from its average):
+    # "plain" = one pass over the un-augmented train split (what the analyses' --bn recompute
+    # uses, so averaged.pt scores the same there); "augmented" = the same pass through the
+    # training augmentation, as the SWA and averaged-SGD codes do with their train loader.
+    bn_data: str | None = None  # plain
+    # Evaluation after each epoch. The test split is scored whole every epoch (each epoch
+    # writes epoch_NNNN.pt, which the analyses read); the train split every eval_every
+    # epochs on a fixed seeded subset of eval_train_samples samples (None: as many as the
+    # test split has; 0: the whole split), and whole at the last epoch.
+    eval_every: int = 1
+    eval_train_samples: int | None = None
     save_every_steps: int = 0
     seed: int = 0
     device: str = "auto"
-    eval_batch_size: int = 1024
+    # Scoring batch; None: 128 on the CPU, where big batches fall out of cache (resnet20 scores
+    # 1.8x faster per sample at 128 than at 1024, cnn1d 1.4x), 1024 on accelerators.
+    eval_batch_size: int | None = None
     # Opt-in speed (bench/RESULTS.md): 2-D conv nets in channels_last memory format (same
     # numbers up to float32 summation order), and the training forward passes under bfloat16
     # autocast (different numerics; evaluation stays float32).
@@ -107,37 +212,67 @@ class TrainConfig:
     bf16: bool = False
 
     def resolved(self) -> "TrainConfig":
-        """Fill the defaults that depend on other fields, and validate."""
+        """Fill the defaults that depend on other fields or on the preset, and validate.
+
+        Idempotent: resolving a resolved config changes nothing.
+        """
         cfg = TrainConfig(**asdict(self))
+        preset = None
+        if cfg.preset is not None:
+            if cfg.preset not in PRESETS:
+                raise UserError(f"unknown preset {cfg.preset!r}; choose from {', '.join(PRESETS)}")
+            preset = PRESETS[cfg.preset]
+        elif cfg.preset_applied:
+            raise UserError("preset_applied is filled by resolved() from --preset; give --preset instead")
         if not cfg.optimizers:
-            cfg.optimizers = ["sgd"]
+            cfg.optimizers = [preset.optimizer] if preset else ["sgd"]
         for name in cfg.optimizers:
             if name not in OPTIMIZERS:
                 raise UserError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
         if len(set(cfg.optimizers)) != len(cfg.optimizers):
             raise UserError("each --optimizer may be given once")
         _check(cfg.epochs >= 1, f"--epochs must be >= 1, got {cfg.epochs}")
-        _check(cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}")
         _check(cfg.lr > 0 and math.isfinite(cfg.lr), f"--lr must be a positive number, got {cfg.lr}")
+        if preset is not None:
+            applied = dict(cfg.preset_applied)
+            for key, value in preset.values.items():
+                if getattr(cfg, key) is None:
+                    value = value(cfg) if callable(value) else value
+                    setattr(cfg, key, value)
+                    applied[key] = value
+            cfg.preset_applied = applied
+        for key, value in LANDSCAPE_DEFAULTS.items():
+            if getattr(cfg, key) is None:
+                setattr(cfg, key, value)
+        _check(cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}")
         _check(0 <= cfg.momentum < 1, f"--momentum must be in [0, 1), got {cfg.momentum}")
+        _check(not (cfg.nesterov and cfg.momentum == 0), "--nesterov needs a momentum > 0")
         _check(cfg.weight_decay >= 0, f"--weight-decay must be >= 0, got {cfg.weight_decay}")
-        _check(cfg.schedule in ("phases", "cosine", "constant"),
-               f"--schedule must be phases, cosine or constant, got {cfg.schedule!r}")
+        _check(cfg.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
         _check(cfg.avg_every in ("epoch", "step"), f"--avg-every must be epoch or step, got {cfg.avg_every!r}")
         _check(cfg.phase_momentum in ("keep", "reset"),
                f"--phase-momentum must be keep or reset, got {cfg.phase_momentum!r}")
         _check(0 < cfg.gamma0 < 1, f"--gamma0 must be in (0, 1), got {cfg.gamma0}")
         _check(cfg.save_every_steps >= 0, "--save-every-steps must be >= 0")
-        _check(cfg.lookahead_k >= 1 and 0 < cfg.lookahead_alpha <= 1,
+        _check(isinstance(cfg.lookahead_k, int) and cfg.lookahead_k >= 1 and 0 < cfg.lookahead_alpha <= 1,
                "--lookahead-k must be >= 1 and --lookahead-alpha in (0, 1]")
+        _check(cfg.asam_scope in ASAM_SCOPES, f"--asam-scope must be one of {', '.join(ASAM_SCOPES)}, "
+                                              f"got {cfg.asam_scope!r}")
+        _check(cfg.bn_data in BN_DATA, f"--bn-data must be one of {', '.join(BN_DATA)}, got {cfg.bn_data!r}")
+        _check(isinstance(cfg.eval_every, int) and cfg.eval_every >= 1,
+               f"--eval-every must be an integer >= 1, got {cfg.eval_every!r}")
+        _check(cfg.eval_train_samples is None or (isinstance(cfg.eval_train_samples, int)
+                                                  and cfg.eval_train_samples >= 0),
+               f"--eval-train-samples must be an integer >= 0 (0 = the whole train split), "
+               f"got {cfg.eval_train_samples!r}")
+        _check(cfg.eval_batch_size is None or cfg.eval_batch_size >= 1,
+               f"--eval-batch-size must be >= 1, got {cfg.eval_batch_size}")
         if cfg.model is None:
             _check(not is_user_factory(cfg.dataset), f"--dataset {cfg.dataset}: your own data needs --model "
                                                      "(a built-in name, torchvision:NAME or package.module:factory)")
             cfg.model = DEFAULT_MODEL.get(cfg.dataset, "resnet20")
         if cfg.phases is None:
-            first, second = max(1, cfg.epochs // 2), max(0, cfg.epochs // 4)
-            parts = [(first, cfg.lr), (second, cfg.lr / 10), (cfg.epochs - first - second, cfg.lr / 100)]
-            cfg.phases = ",".join(f"{t}:{lr:g}" for t, lr in parts if t > 0)
+            cfg.phases = _default_phases(cfg.epochs, cfg.lr)
         if cfg.schedule == "phases":
             try:
                 total = sum(t for t, _ in schedules.parse_phases(cfg.phases))
@@ -174,10 +309,16 @@ def model_spec(cfg: TrainConfig, data: Dataset) -> dict[str, Any]:
 
 
 def lr_schedule(name: str, cfg: TrainConfig) -> LRSchedule:
+    cfg = cfg.resolved()
     if cfg.schedule == "phases":
         base = schedules.phases(schedules.parse_phases(cfg.phases))
     elif cfg.schedule == "cosine":
         base = schedules.cosine(cfg.lr, cfg.epochs)
+    elif cfg.schedule == "linear":
+        # The SWA code's schedule: for an SWA run it reaches swa_lr at 90% of swa_start; its
+        # SGD baseline decays to lr/100 at 90% of the epochs.
+        base = (schedules.linear(cfg.lr, cfg.swa_lr, cfg.swa_start) if name == "swa"
+                else schedules.linear(cfg.lr, cfg.lr / 100, cfg.epochs))
     else:
         base = schedules.constant(cfg.lr)
     if name != "swa":
@@ -189,13 +330,14 @@ def lr_schedule(name: str, cfg: TrainConfig) -> LRSchedule:
 
 
 def make_optimizer(name: str, model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    cfg = cfg.resolved()
     sgd_kwargs = dict(lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
     params = model.parameters()
     if name == "sam":
         return SAM(params, torch.optim.SGD, rho=cfg.rho or 0.05, **sgd_kwargs)
     if name == "asam":
-        return SAM(params, torch.optim.SGD, rho=cfg.rho or 0.5, adaptive=True, eta=cfg.asam_eta,
-                   filterwise=cfg.asam_filterwise, **sgd_kwargs)
+        return SAM(asam_param_groups(model, cfg.asam_scope), torch.optim.SGD, rho=cfg.rho or 0.5, adaptive=True,
+                   eta=cfg.asam_eta, filterwise=cfg.asam_filterwise, **sgd_kwargs)
     sgd = torch.optim.SGD(params, **sgd_kwargs)
     if name == "lookahead":
         return Lookahead(sgd, k=cfg.lookahead_k, alpha=cfg.lookahead_alpha)
@@ -310,8 +452,16 @@ def train(
     def prepare() -> None:
         prepare_run_dir(out, cfg.optimizers, resume=resume, force=force)
         if resume and config_path.exists():
-            # Settings added after the run was made take their defaults.
-            previous = {**asdict(TrainConfig()), **json.loads(config_path.read_text())["config"]}
+            # Settings added after the run was made take the values their defaults resolve
+            # to for that run's other settings (resolving a resolved config is a no-op).
+            stored = json.loads(config_path.read_text())["config"]
+            known = {f.name for f in fields(TrainConfig)}
+            try:
+                previous = asdict(TrainConfig(**{k: v for k, v in stored.items() if k in known}).resolved())
+            except (UserError, TypeError) as exc:
+                raise UserError(f"--resume: the run in {out} has settings this version cannot read ({exc})") from None
+            # The scoring batch size changes how a run is measured, not what is trained.
+            previous = {**json.loads(json.dumps(previous)), "eval_batch_size": cfg.eval_batch_size}
             if previous != json.loads(json.dumps(asdict(cfg))):
                 changed = sorted(k for k in previous if previous[k] != asdict(cfg).get(k))
                 raise UserError(f"--resume with different settings than the run in {out} ({', '.join(changed)})")
@@ -342,6 +492,10 @@ def train(
             "versions": {"landscape": landscape.__version__, "torch": torch.__version__,
                          "python": platform.python_version()},
         }
+        if cfg.preset is not None:
+            p = PRESETS[cfg.preset]
+            run_info["preset"] = {"name": cfg.preset, "paper": p.paper, "source": p.source,
+                                  "optimizer": p.optimizer, "set": cfg.preset_applied}
         if distributed.is_distributed():
             run_info["distributed"] = {"world_size": distributed.world_size(), "backend": distributed.backend()}
         atomic_write_text(config_path, json.dumps(run_info, indent=2))
@@ -372,6 +526,9 @@ def train_optimizer(
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)  # 4-D weights only; checkpoints are saved contiguous
     optimizer = make_optimizer(name, model, cfg)
+    # What is saved as "the iterate" and scored in metrics.jsonl: the parameters, except for
+    # Lookahead, whose output is its slow weights (the fast ones live only in resume.pt).
+    iterate = optimizer.slow_weights if isinstance(optimizer, Lookahead) else nullcontext
     schedule = lr_schedule(name, cfg)
     averaged = None
     if name == "phase":
@@ -382,6 +539,10 @@ def train_optimizer(
     # One generator drives the data order and the augmentation: the same stream for every
     # optimizer, so all runs see the same batches in the same order.
     data_rng = torch.Generator().manual_seed(cfg.seed)
+    eval_bs = cfg.eval_batch_size or (128 if device.type == "cpu" else 1024)
+    train_eval = train_eval_indices(cfg, len(data.train), len(data.test))
+    train_eval_x, train_eval_y = ((data.train.x, data.train.y) if train_eval is None else
+                                  (data.train.x[train_eval.to(device)], data.train.y[train_eval.to(device)]))
     save = _Saver(run, spec, data.spec, name)
     metrics_path = run / "metrics.jsonl"
     steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
@@ -405,8 +566,12 @@ def train_optimizer(
         metrics_path.unlink(missing_ok=True)
         atomic_write_text(run / "config.json", json.dumps(
             {"optimizer": name, "model": spec, "data": data.spec, "schedule": schedule.describe(),
-             **_optimizer_settings(name, cfg)}, indent=2))
-        save.checkpoint(model, "checkpoints/epoch_0000.pt", epoch=0, step=0, lr=schedule.lr_at(0, 0, steps_per_epoch))
+             **_optimizer_settings(name, cfg),
+             "evaluation": _evaluation_record(cfg, train_eval, len(data.train), len(data.test), eval_bs)},
+            indent=2))
+        with iterate():
+            save.checkpoint(model, "checkpoints/epoch_0000.pt", epoch=0, step=0,
+                            lr=schedule.lr_at(0, 0, steps_per_epoch))
     # Under torchrun: DistributedDataParallel; every rank computes its share of every global
     # batch, and all of them hold the same weights (and optimizer state) after each step.
     net = distributed.wrap_ddp(model)
@@ -441,7 +606,8 @@ def train_optimizer(
             if averaged is not None and name != "phase" and cfg.avg_every == "step" and epoch >= _avg_start(name, cfg):
                 averaged.update_parameters(model)
             if main and cfg.save_every_steps and step % cfg.save_every_steps == 0:
-                save.checkpoint(model, f"checkpoints/step_{step:07d}.pt", epoch=epoch, step=step, lr=lr)
+                with iterate():
+                    save.checkpoint(model, f"checkpoints/step_{step:07d}.pt", epoch=epoch, step=step, lr=lr)
             if progress:
                 progress({"optimizer": name, "epoch": epoch, "epochs": cfg.epochs, "batch": i + 1,
                           "batches": steps_per_epoch, "loss": loss, "lr": lr})
@@ -451,7 +617,7 @@ def train_optimizer(
         if name == "phase" and epoch in phase_ends:
             # Algorithm 1, line 10: the next phase starts from the bias-corrected average.
             copy_average_into(averaged, model)
-            recompute_bn(model, data.train.x)
+            _recompute_bn(model, data, cfg, epoch, purpose=1)
             if cfg.phase_momentum == "reset":
                 optimizer.state.clear()
         if sharded:
@@ -465,21 +631,30 @@ def train_optimizer(
         line = {"epoch": epoch, "step": step, "lr": lr,
                 "train_loss_running": loss_total / len(data.train),
                 "train_acc_running": correct_total / len(data.train)}
-        line["train_loss"], line["train_acc"] = _score(model, data.train.x, data.train.y, cfg.eval_batch_size)
-        line["test_loss"], line["test_acc"] = _score(model, data.test.x, data.test.y, cfg.eval_batch_size)
-        if averaged is not None and getattr(averaged, "n_averaged", torch.tensor(0)).item() > 0:
+        # The train split every eval_every epochs (on the fixed subset) and whole at the last
+        # epoch; the test split whole every epoch, since every epoch writes a checkpoint.
+        last_epoch = epoch == cfg.epochs
+        score_train = last_epoch or epoch % cfg.eval_every == 0
+        ex, ey = (data.train.x, data.train.y) if last_epoch else (train_eval_x, train_eval_y)
+        with iterate():
+            if score_train:
+                line["train_loss"], line["train_acc"] = _score(model, ex, ey, eval_bs)
+                line["train_scored"] = len(ex)
+            line["test_loss"], line["test_acc"] = _score(model, data.test.x, data.test.y, eval_bs)
+            line["test_scored"] = len(data.test)
+            if main:
+                save.checkpoint(model, f"checkpoints/epoch_{epoch:04d}.pt", epoch=epoch, step=step, lr=lr)
+        if score_train and averaged is not None and getattr(averaged, "n_averaged", torch.tensor(0)).item() > 0:
             avg_model = averaged.module
             # Every rank holds the same average (the same iterates) and recomputes its
-            # BatchNorm statistics over the whole train split: the same numbers everywhere.
-            recompute_bn(avg_model, data.train.x)
+            # BatchNorm statistics from the same data: the same numbers everywhere.
+            _recompute_bn(avg_model, data, cfg, epoch, purpose=0)
             distributed.broadcast_state(avg_model)  # and bit-identical, whatever the kernels do
-            line["averaged_train_loss"], line["averaged_train_acc"] = _score(
-                avg_model, data.train.x, data.train.y, cfg.eval_batch_size)
+            line["averaged_train_loss"], line["averaged_train_acc"] = _score(avg_model, ex, ey, eval_bs)
             line["averaged_test_loss"], line["averaged_test_acc"] = _score(
-                avg_model, data.test.x, data.test.y, cfg.eval_batch_size)
+                avg_model, data.test.x, data.test.y, eval_bs)
             line["averaged_models"] = int(averaged.n_averaged.item())
         if main:
-            save.checkpoint(model, f"checkpoints/epoch_{epoch:04d}.pt", epoch=epoch, step=step, lr=lr)
             if averaged is not None and "averaged_models" in line:
                 save.checkpoint(averaged.module, "averaged.pt", epoch=epoch, step=step, lr=lr, kind="averaged")
             with open(metrics_path, "a") as fh:
@@ -495,8 +670,70 @@ def train_optimizer(
             progress({"optimizer": name, "epoch_done": epoch, "epochs": cfg.epochs, "metrics": line})
 
     if main:
-        save.checkpoint(model, "final.pt", epoch=cfg.epochs, step=step, lr=last.get("lr", cfg.lr))
+        with iterate():
+            save.checkpoint(model, "final.pt", epoch=cfg.epochs, step=step, lr=last.get("lr", cfg.lr))
     return OptimizerResult(name=name, final=last, directory=run)
+
+
+# Salts of the generators derived from --seed (the data order uses the seed itself, dropout
+# seed * 100_003 + epoch): distinct streams, so none of them shifts another.
+_EVAL_SUBSET_SALT = 0x5EED_0E7A
+_BN_SALT = 0x5EED_0B17
+
+
+def train_eval_indices(cfg: TrainConfig, n_train: int, n_test: int) -> torch.Tensor | None:
+    """The fixed train-split subset scored after each epoch (sorted indices), or None for the
+    whole split. Drawn from its own generator seeded by --seed alone, so every optimizer of
+    a run, and a resumed run, score the same samples; nothing of it needs saving."""
+    n = n_test if cfg.eval_train_samples is None else cfg.eval_train_samples
+    if n == 0 or n >= n_train:
+        return None
+    gen = torch.Generator().manual_seed(cfg.seed + _EVAL_SUBSET_SALT)
+    return torch.randperm(n_train, generator=gen)[:n].sort().values
+
+
+def _evaluation_record(cfg: TrainConfig, subset: torch.Tensor | None, n_train: int, n_test: int,
+                       batch_size: int) -> dict[str, Any]:
+    return {
+        "batch_size": batch_size,
+        "test": f"the whole test split ({n_test} samples) after every epoch",
+        "train": (f"every {cfg.eval_every} epoch(s) and at the last epoch; the last epoch on the whole split "
+                  f"({n_train} samples), other epochs on "
+                  + ("the whole split" if subset is None else
+                     f"a fixed subset of {len(subset)} samples (train_eval_indices: torch.randperm(n_train, "
+                     f"generator seeded with seed + {_EVAL_SUBSET_SALT:#x})[:n], sorted)")),
+        "eval_every": cfg.eval_every,
+        "train_samples": n_train if subset is None else len(subset),
+        "train_indices": None if subset is None else subset.tolist(),
+        "metrics_keys": "train_scored / test_scored: samples behind train_* / test_* (and averaged_*) of each line",
+    }
+
+
+def _bn_batches(data: Dataset, cfg: TrainConfig, epoch: int, purpose: int,
+                batch_size: int = 512) -> Iterator[torch.Tensor]:
+    """The inputs a BatchNorm recompute sees: the train split in order, in batches of 512;
+    with ``bn_data="augmented"`` through the training augmentation, drawn from a generator
+    derived from (seed, epoch, purpose) alone, so the pass is reproducible, the same on
+    every rank, independent of how many passes came before, and needs no resume state."""
+    x = data.train.x
+    if cfg.bn_data == "plain" or data.augmentation == "none":
+        for start in range(0, len(x), batch_size):
+            yield x[start:start + batch_size]
+        return
+    gen = torch.Generator().manual_seed(bn_seed(cfg.seed, epoch, purpose))
+    for start in range(0, len(x), batch_size):
+        yield augment(x[start:start + batch_size], data.augmentation, gen)
+
+
+def bn_seed(seed: int, epoch: int, purpose: int) -> int:
+    """Seed of the augmented BatchNorm pass after ``epoch``; ``purpose`` 0 = the averaged
+    model's statistics, 1 = the phase-wise start of the next phase."""
+    return (seed * 1_000_003 + epoch) * 4 + purpose + _BN_SALT
+
+
+def _recompute_bn(model: torch.nn.Module, data: Dataset, cfg: TrainConfig, epoch: int, purpose: int) -> None:
+    if has_batchnorm(model):
+        update_bn(_bn_batches(data, cfg, epoch, purpose), model)
 
 
 def _score(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
@@ -547,9 +784,18 @@ def _optimizer_settings(name: str, cfg: TrainConfig) -> dict[str, Any]:
     if name in ("sam", "asam"):
         settings.update(rho=cfg.rho or (0.05 if name == "sam" else 0.5), weight_decay_at="w (base optimizer)")
     if name == "asam":
-        settings.update(eta=cfg.asam_eta, filterwise=cfg.asam_filterwise)
+        settings.update(eta=cfg.asam_eta, filterwise=cfg.asam_filterwise, scope=cfg.asam_scope,
+                        rescaled=("every parameter" if cfg.asam_scope == "all" else
+                                  "parameters whose name contains 'weight' (T = 1 for the others)"))
     if name == "lookahead":
-        settings.update(k=cfg.lookahead_k, alpha=cfg.lookahead_alpha)
+        settings.update(k=cfg.lookahead_k, alpha=cfg.lookahead_alpha,
+                        iterate="slow weights: epoch_*.pt, step_*.pt, final.pt and metrics.jsonl hold the slow "
+                                "weights (BatchNorm buffers as tracked by the fast weights); the fast weights "
+                                "are only in resume.pt")
+    if averages(name, cfg):
+        settings.update(bn_data=cfg.bn_data)
+    if cfg.preset is not None:
+        settings.update(preset=cfg.preset, preset_applied=cfg.preset_applied)
     return settings
 
 

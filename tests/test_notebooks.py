@@ -9,7 +9,9 @@ generated once.
 
 from __future__ import annotations
 
+import base64
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -85,6 +87,12 @@ def test_notebook_runs(name, kernel_env, tmp_path):
     for out in figures:
         fig = out["data"][PLOTLY_MIME]
         assert fig.get("data"), f"{name}: a figure without traces"
+    # Every figure also carries a PNG (GitHub and nbconvert HTML show no Plotly JSON); the
+    # PNG needs kaleido and a Chromium, which `make test` installs.
+    if shutil.which("chromium") or shutil.which("chromium-browser"):
+        pngs = [out for out in figures if "image/png" in out["data"]]
+        assert len(pngs) == len(figures), f"{name}: {len(pngs)} of {len(figures)} figures carry a PNG"
+        assert all(base64.b64decode(out["data"]["image/png"])[:8] == b"\x89PNG\r\n\x1a\n" for out in pngs)
     work = tmp_path / "work"
     assert any(work.rglob("*.h5")), "no result file written under LANDSCAPE_NOTEBOOK_DIR"
     assert not list(kernel_env.iterdir()), "a notebook wrote into its working directory"

@@ -3,14 +3,17 @@ taken from the code under test."""
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import math
 import pickle
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from torch.optim.swa_utils import AveragedModel
@@ -19,11 +22,13 @@ from landscape.errors import UserError
 from landscape.optim import (
     SAM,
     Lookahead,
+    asam_param_groups,
     bias_corrected_ema,
     constant,
     copy_average_into,
     cosine,
     frozen_bn_stats,
+    linear,
     parse_phases,
     phase_gamma,
     phases,
@@ -173,6 +178,85 @@ def test_asam_filterwise_perturbation():
     np.testing.assert_allclose(bias.detach().numpy() - b_np, rho * t_b**2 * gb / norm, atol=1e-12)
 
 
+def _official_asam_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, rho: float, eta: float, lr: float,
+                        momentum: float, wd: float, rescale: Callable[[str], bool]) -> dict[str, np.ndarray]:
+    """One ASAM step written out by hand on a copy of ``model``: T_i = |w_i| + eta for the
+    parameters ``rescale`` picks (by name), 1 for the rest; eps = rho T^2 g / ||T g|| over all
+    parameters; then SGD (first step: momentum buffer = gradient) with the gradient at
+    w + eps and weight decay at w. Gradients by autograd, everything else in numpy."""
+    ref = copy.deepcopy(model)
+    names = [n for n, _ in ref.named_parameters()]
+
+    def grads_at(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with torch.no_grad():
+            for n, p in ref.named_parameters():
+                p.copy_(torch.tensor(values[n]))
+        ref.zero_grad()
+        F.cross_entropy(ref(x), y).backward()
+        return {n: p.grad.numpy().copy() for n, p in ref.named_parameters()}
+
+    w = {n: p.detach().numpy().copy() for n, p in model.named_parameters()}
+    g = grads_at(w)
+    t = {n: (np.abs(w[n]) + eta) if rescale(n) else np.ones_like(w[n]) for n in names}
+    norm = np.sqrt(sum(np.sum((t[n] * g[n]) ** 2) for n in names))
+    eps = {n: rho * t[n] ** 2 * g[n] / norm for n in names}
+    g2 = grads_at({n: w[n] + eps[n] for n in names})
+    return {n: w[n] - lr * (g2[n] + wd * w[n]) for n in names}
+
+
+def _small_bn_net() -> nn.Module:
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Linear(5, 6), nn.BatchNorm1d(6), nn.ReLU(), nn.Linear(6, 3)).double()
+    with torch.no_grad():  # BatchNorm's scale and shift away from 1 and 0, so T differs from SAM's
+        net[1].weight.uniform_(0.5, 1.5)
+        net[1].bias.uniform_(-0.5, 0.5)
+    return net
+
+
+@pytest.mark.parametrize("scope", ["weights", "all"])
+def test_asam_scope_matches_the_rule_by_hand(scope):
+    """scope="weights" is SamsungLabs/ASAM's rule (asam.py: T only where 'weight' is in the
+    parameter's name, so BatchNorm's scale yes, biases and BatchNorm's shift no); "all" is
+    eq. 5 of the paper applied to every parameter."""
+    rho, eta, lr, momentum, wd = 0.5, 0.01, 0.1, 0.9, 5e-4
+    net = _small_bn_net()
+    torch.manual_seed(5)
+    x, y = torch.randn(12, 5, dtype=torch.float64), torch.randint(0, 3, (12,))
+    rescale = (lambda n: "weight" in n) if scope == "weights" else (lambda n: True)
+    want = _official_asam_step(net, x, y, rho=rho, eta=eta, lr=lr, momentum=momentum, wd=wd, rescale=rescale)
+
+    opt = SAM(asam_param_groups(net, scope), torch.optim.SGD, rho=rho, adaptive=True, eta=eta, lr=lr,
+              momentum=momentum, weight_decay=wd)
+    F.cross_entropy(net(x), y).backward()
+    opt.step(lambda: F.cross_entropy(net(x), y).backward())
+    for n, p in net.named_parameters():
+        np.testing.assert_allclose(p.detach().numpy(), want[n], rtol=1e-10, atol=1e-12, err_msg=n)
+
+
+def test_asam_scopes_differ_on_biases():
+    """The two rules are not a rounding apart: after one step the last layer's bias moves
+    differently (here by >10% of its update), while weights move alike."""
+    rho, eta, lr = 0.5, 0.01, 0.1
+    torch.manual_seed(5)
+    x, y = torch.randn(12, 5, dtype=torch.float64), torch.randint(0, 3, (12,))
+    steps = {}
+    for scope in ("weights", "all"):
+        net = _small_bn_net()
+        before = {n: p.detach().clone() for n, p in net.named_parameters()}
+        opt = SAM(asam_param_groups(net, scope), torch.optim.SGD, rho=rho, adaptive=True, eta=eta, lr=lr)
+        F.cross_entropy(net(x), y).backward()
+        opt.step(lambda: F.cross_entropy(net(x), y).backward())
+        steps[scope] = {n: (p.detach() - before[n]).numpy() for n, p in net.named_parameters()}
+    # (0.bias feeds BatchNorm, which cancels it: no gradient, no step under either rule)
+    rel = {n: np.linalg.norm(steps["weights"][n] - steps["all"][n]) / np.linalg.norm(steps["all"][n])
+           for n in steps["all"] if np.linalg.norm(steps["all"][n]) > 0}
+    assert rel["3.bias"] > 0.1 and rel["1.bias"] > 0.1
+    assert [g["adaptive"] for g in SAM(asam_param_groups(_small_bn_net(), "weights"), torch.optim.SGD,
+                                       adaptive=True, lr=0.1).param_groups] == [True, False]
+    with pytest.raises(UserError, match="scope"):
+        asam_param_groups(_small_bn_net(), "biases")
+
+
 def test_sam_state_dict_round_trip_restores_momentum():
     torch.manual_seed(0)
     x, y = torch.randn(16, 5), torch.randn(16, 2)
@@ -251,6 +335,31 @@ def test_lookahead_matches_hand_loop():
     np.testing.assert_allclose(w.detach().numpy(), fast, rtol=0, atol=1e-12)
 
 
+def test_lookahead_slow_weights_context():
+    lr, k, alpha = 0.1, 5, 0.5
+    w, a = quadratic()
+    opt = Lookahead(torch.optim.SGD([w], lr=lr), k=k, alpha=alpha)
+    for _ in range(7):  # a sync at step 5, then two more fast steps
+        opt.zero_grad()
+        backward_quadratic(w, a)
+        opt.step()
+    fast = W0.copy()
+    for _ in range(5):
+        fast = fast - lr * A @ fast
+    slow = W0 + alpha * (fast - W0)
+    fast = slow.copy()
+    for _ in range(2):
+        fast = fast - lr * A @ fast
+    before = w.detach().clone()
+    with opt.slow_weights():
+        np.testing.assert_allclose(w.detach().numpy(), slow, rtol=0, atol=1e-12)
+    assert torch.equal(w.detach(), before)  # the fast weights come back bit for bit
+    np.testing.assert_allclose(w.detach().numpy(), fast, rtol=0, atol=1e-12)
+    with pytest.raises(RuntimeError), opt.slow_weights():
+        raise RuntimeError("an evaluation that fails")
+    assert torch.equal(w.detach(), before)
+
+
 def test_lookahead_state_dict_round_trip():
     def run(w, a, opt, n):
         for _ in range(n):
@@ -273,6 +382,22 @@ def test_lookahead_state_dict_round_trip():
 
 
 # ----------------------------------------------------------------------------- schedules
+
+
+def test_linear_schedule_is_the_swa_code_rule():
+    # timgaripov/swa train.py: t = epoch / horizon; lr while t <= 0.5, linear to final_lr at
+    # t = 0.9, then final_lr. Values for lr 0.1, final 0.05, horizon 10, written out:
+    s = linear(0.1, 0.05, 10)
+    want = [0.1, 0.1, 0.1, 0.1, 0.1, 0.1, 0.0875, 0.075, 0.0625, 0.05, 0.05, 0.05]
+    got = [s.lr_at(e, 0, 7) for e in range(12)]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert s.lr_at(7, 6, 7) == s.lr_at(7, 0, 7)  # constant within an epoch
+    # the SGD baseline of that code: horizon = epochs, down to lr / 100
+    base = linear(0.1, 0.001, 20)
+    assert base.lr_at(14, 0, 3) == pytest.approx(0.1 * (1 - 0.99 * (0.7 - 0.5) / 0.4))
+    assert base.lr_at(19, 0, 3) == pytest.approx(0.001)
+    with pytest.raises(UserError):
+        linear(0.1, 0.05, 0)
 
 
 def test_parse_phases_good():

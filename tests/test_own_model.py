@@ -310,12 +310,13 @@ def test_torchvision_resnet18_every_analysis(project, user_modules, resnet, tmp_
     loss1, _ = reference_loss(torchvision.models.resnet18(num_classes=10), state, xt, yt)
     assert load_result(tmp_path / "line.h5").metrics["test"]["loss"][1] == pytest.approx(loss1, rel=1e-4)
     for args in (["rays", b, "--rays", "1", "--distance", "0:1:2"], ["surface", b, "--grid", "2"],
-                 ["sharpness", b, "--top-k", "1", "--no-sam", "--lanczos-steps", "6"],
+                 ["sharpness", b, "--top-k", "1", "--no-sam", "--lanczos-steps", "3", "--hvp", "double-backward"],
                  ["trajectory", a, mid, b], ["segments", a, mid, b, "--points", "2"], ["twopoint", a, mid, b]):
         ok(landscape(*args, *own_r18, "-o", tmp_path / f"{args[0]}.h5", cwd=project))
     model = torchvision.models.resnet18(num_classes=10)
     r = ls.interpolate(model, torch.load(a, weights_only=True), str(b), (train, test), alphas=[0.0, 1.0],
                        device="cpu")
     assert np.isfinite(r.metrics["test"]["loss"]).all()
-    s = ls.sharpness(model, str(b), (train, test), top_k=1, sam=False, lanczos_steps=6, device="cpu")
+    s = ls.sharpness(model, str(b), (train, test), top_k=1, sam=False, lanczos_steps=3, hvp="double-backward",
+                     device="cpu")
     assert np.isfinite(s.extra["eigenvalues"]).all()

@@ -6,6 +6,7 @@ Small MNIST-1D runs (a few hundred samples, a few epochs) keep this file fast.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -73,11 +74,15 @@ def test_same_initialization_and_data_order_across_optimizers(tmp_path):
     train(small_config(optimizers=["sgd", "sam", "lookahead"], epochs=1, save_every_steps=1), run)
     init = [flat(params(run / n / "checkpoints" / "epoch_0000.pt")) for n in ("sgd", "sam", "lookahead")]
     assert np.array_equal(init[0], init[1]) and np.array_equal(init[0], init[2])
-    # Lookahead's first k-1 = 4 steps are plain SGD steps: identical only if the batches are.
+    # Lookahead saves its slow weights: the initialization until the first sync at step k = 5,
+    # where slow = init + alpha (fast_5 - init), and fast_5 is SGD's 5th iterate (the first 5
+    # fast steps are plain SGD steps): equal only if the batches are.
     for step in range(1, 5):
-        a = flat(params(run / "sgd" / "checkpoints" / f"step_{step:07d}.pt"))
-        b = flat(params(run / "lookahead" / "checkpoints" / f"step_{step:07d}.pt"))
-        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(flat(params(run / "lookahead" / "checkpoints" / f"step_{step:07d}.pt")),
+                                      init[0])
+    sgd5 = flat(params(run / "sgd" / "checkpoints" / "step_0000005.pt"))
+    np.testing.assert_allclose(flat(params(run / "lookahead" / "checkpoints" / "step_0000005.pt")),
+                               init[0] + 0.5 * (sgd5 - init[0]), rtol=1e-6, atol=1e-7)
     # SAM moves differently from the first step on.
     assert not np.array_equal(flat(params(run / "sgd" / "checkpoints" / "step_0000001.pt")),
                               flat(params(run / "sam" / "checkpoints" / "step_0000001.pt")))
@@ -212,6 +217,12 @@ def test_existing_run_is_not_overwritten(tmp_path):
     (dict(epochs=0), "--epochs"),
     (dict(optimizers=["phase"], schedule="cosine"), "phase"),
     (dict(rho=-1.0), "--rho"),
+    (dict(preset="smith2099"), "unknown preset"),
+    (dict(eval_every=0), "--eval-every"),
+    (dict(eval_train_samples=-5), "--eval-train-samples"),
+    (dict(bn_data="test"), "--bn-data"),
+    (dict(asam_scope="biases"), "--asam-scope"),
+    (dict(schedule="step"), "--schedule"),
 ])
 def test_bad_config_is_a_user_error(tmp_path, overrides, message):
     with pytest.raises(UserError, match=message):
@@ -253,7 +264,7 @@ def test_bf16_step_is_an_autocast_forward_and_a_float32_update():
     cfg = TrainConfig(lr=0.1)
     train_step("sgd", model, make_optimizer("sgd", model, cfg), x, y, bf16=True)
 
-    sgd = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    sgd = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits = reference(x)
     torch.nn.functional.cross_entropy(logits.float(), y).backward()
@@ -273,6 +284,228 @@ def test_resume_of_a_run_made_before_a_setting_existed(tmp_path):
     cfg = small_config(epochs=2)
     train(cfg, run, resume=False)
     record = json.loads((run / "config.json").read_text())
-    del record["config"]["bf16"], record["config"]["channels_last"]
+    for key in ("bf16", "channels_last", "preset", "preset_applied", "asam_scope", "bn_data", "eval_every",
+                "eval_train_samples"):
+        del record["config"][key]
     (run / "config.json").write_text(json.dumps(record))
     train(cfg, run, resume=True)  # no "different settings" error
+
+
+# ============================================================================ paper presets
+
+
+def test_preset_fills_what_the_paper_fixes_and_explicit_values_win():
+    cfg = TrainConfig(preset="nitanda2024", epochs=8).resolved()
+    assert cfg.optimizers == ["asgd"]
+    want = {"momentum": 0.0, "nesterov": False, "weight_decay": 5e-3, "schedule": "cosine", "avg_every": "step",
+            "avg_start": 7, "bn_data": "augmented"}  # averaged from epoch 301 of 400 in the paper's code
+    assert {k: getattr(cfg, k) for k in want} == want and cfg.preset_applied == want
+    # an explicit value wins and is not recorded as the preset's
+    mine = TrainConfig(preset="nitanda2024", epochs=8, momentum=0.9, optimizers=["sgd", "asgd"]).resolved()
+    assert mine.momentum == 0.9 and "momentum" not in mine.preset_applied and mine.weight_decay == 5e-3
+    assert mine.optimizers == ["sgd", "asgd"]
+    assert mine.resolved() == mine  # resolving is idempotent, so --resume compares like with like
+
+    assert TrainConfig(preset="izmailov2018", epochs=300).resolved().preset_applied == {
+        "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4, "schedule": "linear", "swa_start": 161,
+        "swa_lr": 0.05, "bn_data": "augmented"}
+    assert TrainConfig(preset="foret2021").resolved().preset_applied == {
+        "rho": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3, "schedule": "cosine"}
+    assert TrainConfig(preset="kwon2021").resolved().preset_applied == {
+        "rho": 0.5, "asam_eta": 0.0, "asam_scope": "weights", "momentum": 0.9, "nesterov": False,
+        "weight_decay": 5e-4, "schedule": "cosine"}
+    k = TrainConfig(preset="kobayashi2024", epochs=160).resolved()
+    assert k.optimizers == ["phase"] and k.phases == "80:0.1,40:0.01,40:0.001" and k.gamma0 == 0.9
+    assert (k.lookahead_k, k.lookahead_alpha, k.bn_data) == (5, 0.5, "augmented")
+    # no preset: landscape's own defaults
+    plain = TrainConfig().resolved()
+    assert (plain.optimizers, plain.momentum, plain.weight_decay, plain.schedule, plain.asam_scope,
+            plain.bn_data, plain.preset_applied) == (["sgd"], 0.9, 5e-4, "phases", "all", "plain", {})
+    with pytest.raises(UserError, match="unknown preset"):
+        TrainConfig(preset="smith2099").resolved()
+
+
+def test_nitanda2024_preset_run_averages_every_step_of_the_last_quarter(tmp_path):
+    run = tmp_path / "run"
+    train(small_config(preset="nitanda2024", epochs=4, save_every_steps=1), run)
+    record = json.loads((run / "config.json").read_text())
+    assert record["preset"]["name"] == "nitanda2024" and record["preset"]["set"]["weight_decay"] == 5e-3
+    assert json.loads((run / "asgd" / "config.json").read_text())["momentum"] == 0.0
+    # int(0.75 * 4) + 1 = epoch 4: the running mean of the iterates after each of its 6 steps
+    steps = range(3 * STEPS_PER_EPOCH + 1, 4 * STEPS_PER_EPOCH + 1)
+    expected = np.mean([flat(params(run / "asgd" / "checkpoints" / f"step_{s:07d}.pt")) for s in steps], axis=0)
+    np.testing.assert_allclose(flat(params(run / "asgd" / "averaged.pt")), expected, rtol=1e-5, atol=1e-7)
+    # per-step cosine from lr = 0.05 to 0 over 24 steps; metrics record the epoch's last step
+    lines = [json.loads(x) for x in (run / "asgd" / "metrics.jsonl").read_text().splitlines()]
+    for line in lines:
+        s = line["epoch"] * STEPS_PER_EPOCH - 1
+        assert line["lr"] == pytest.approx(0.5 * 0.05 * (1 + math.cos(math.pi * s / 24)), rel=1e-12)
+    assert "averaged_test_acc" in lines[-1] and "averaged_test_acc" not in lines[-2]
+
+
+def _swa_code_lr(epoch0: int, lr: float, final: float, horizon: float) -> float:
+    """timgaripov/swa train.py schedule(), written from its description."""
+    t = epoch0 / horizon
+    ratio = final / lr
+    if t <= 0.5:
+        return lr
+    if t <= 0.9:
+        return lr * (1 - (1 - ratio) * (t - 0.5) / 0.4)
+    return lr * ratio
+
+
+def test_izmailov2018_preset_run_follows_the_swa_code(tmp_path):
+    run = tmp_path / "run"
+    train(small_config(preset="izmailov2018", optimizers=["sgd", "swa"], epochs=10), run)
+    swa_start = int(10 * 160 / 300) + 1  # 161 of 300 in the paper's commands
+    for name, final, horizon in (("swa", 0.025, swa_start), ("sgd", 0.0005, 10)):
+        lines = [json.loads(x) for x in (run / name / "metrics.jsonl").read_text().splitlines()]
+        want = [0.025 if name == "swa" and e >= swa_start else _swa_code_lr(e - 1, 0.05, final, horizon)
+                for e in range(1, 11)]
+        np.testing.assert_allclose([x["lr"] for x in lines], want, rtol=1e-12, err_msg=name)
+    iterates = [flat(params(run / "swa" / "checkpoints" / f"epoch_{e:04d}.pt")) for e in range(swa_start, 11)]
+    np.testing.assert_allclose(flat(params(run / "swa" / "averaged.pt")), np.mean(iterates, axis=0),
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_sam_presets_build_the_official_optimizers():
+    from landscape.train import make_optimizer
+
+    model = build_model("cnn1d", num_classes=10, input_shape=[1, 40], bn=True)
+    asam = make_optimizer("asam", model, TrainConfig(preset="kwon2021"))
+    names = {id(p): n for n, p in model.named_parameters()}
+    by_group = [(g["adaptive"], g["rho"], g["eta"], sorted(names[id(p)] for p in g["params"]))
+                for g in asam.param_groups]
+    assert [a for a, *_ in by_group] == [True, False] and all(r == 0.5 and e == 0.0 for _, r, e, _ in by_group)
+    assert all("weight" in n for n in by_group[0][3]) and not any("weight" in n for n in by_group[1][3])
+    assert any(n.endswith("bias") for n in by_group[1][3])
+    default = make_optimizer("asam", model, TrainConfig())
+    assert len(default.param_groups) == 1 and default.param_groups[0]["adaptive"]
+    sam = make_optimizer("sam", model, TrainConfig(preset="foret2021"))
+    g = sam.param_groups[0]
+    assert (g["rho"], g["nesterov"], g["momentum"], g["weight_decay"]) == (0.05, True, 0.9, 1e-3)
+
+
+# ============================================================================ Lookahead's iterate
+
+
+def test_lookahead_saves_and_scores_its_slow_weights(tmp_path):
+    import torch.nn.functional as F
+
+    run = tmp_path / "run"
+    train(small_config(optimizers=["lookahead"], epochs=2), run)  # 6 steps per epoch, k = 5
+    resume = torch.load(run / "lookahead" / "resume.pt", weights_only=True)
+    model = build_model("cnn1d", num_classes=10, input_shape=[1, 40])
+    slow = {n: resume["optimizer"]["slow"][i] for i, (n, _) in enumerate(model.named_parameters())}
+    final = params(run / "lookahead" / "final.pt")
+    # 12 steps: synced at step 10, then 2 fast steps: slow and fast differ, final.pt is slow
+    for n in slow:
+        assert torch.equal(final[n], slow[n]), n
+    assert not all(torch.equal(final[n], resume["model"][n]) for n in slow)
+    assert "slow weights" in json.loads((run / "lookahead" / "config.json").read_text())["iterate"]
+    # metrics score the saved weights: recompute the last line's numbers from final.pt
+    model.load_state_dict(load_checkpoint(run / "lookahead" / "final.pt").state_dict)
+    model.eval()
+    data = load_dataset("mnist1d", **SMALL)
+    last = json.loads((run / "lookahead" / "metrics.jsonl").read_text().splitlines()[-1])
+    with torch.no_grad():
+        for split, key in ((data.test, "test"), (data.train, "train")):
+            logits = model(split.x)
+            assert last[f"{key}_loss"] == pytest.approx(F.cross_entropy(logits.double(), split.y).item(), rel=1e-5)
+            assert last[f"{key}_acc"] == pytest.approx((logits.argmax(1) == split.y).double().mean().item())
+
+
+# ============================================================================ evaluation schedule
+
+
+def test_eval_every_and_the_fixed_train_subset(tmp_path):
+    import torch.nn.functional as F
+
+    run = tmp_path / "run"
+    train(small_config(optimizers=["sgd", "swa"], epochs=4, swa_start=2, eval_every=2, eval_train_samples=100), run)
+    subset = torch.randperm(384, generator=torch.Generator().manual_seed(3 + 0x5EED0E7A))[:100].sort().values
+    data = load_dataset("mnist1d", **SMALL)
+    for name in ("sgd", "swa"):
+        record = json.loads((run / name / "config.json").read_text())["evaluation"]
+        assert record["train_indices"] == subset.tolist() and record["train_samples"] == 100
+        lines = [json.loads(x) for x in (run / name / "metrics.jsonl").read_text().splitlines()]
+        assert [x.get("train_scored") for x in lines] == [None, 100, None, 384]  # last epoch: whole split
+        assert all(x["test_scored"] == 256 and "test_loss" in x for x in lines)
+        if name == "swa":
+            assert ["averaged_test_loss" in x for x in lines] == [False, True, False, True]
+    # epoch 2's train numbers are those of epoch_0002.pt on exactly those samples
+    model = build_model("cnn1d", num_classes=10, input_shape=[1, 40])
+    model.load_state_dict(load_checkpoint(run / "sgd" / "checkpoints" / "epoch_0002.pt").state_dict)
+    model.eval()
+    line = json.loads((run / "sgd" / "metrics.jsonl").read_text().splitlines()[1])
+    with torch.no_grad():
+        logits = model(data.train.x[subset])
+    assert line["train_loss"] == pytest.approx(F.cross_entropy(logits.double(), data.train.y[subset]).item(), rel=1e-5)
+    # default: as many train samples as the test split has
+    train(small_config(epochs=1), tmp_path / "default")
+    record = json.loads((tmp_path / "default" / "sgd" / "config.json").read_text())["evaluation"]
+    assert record["train_samples"] == 256 and len(record["train_indices"]) == 256
+    assert record["batch_size"] == 128  # the CPU's scoring batch when none is given
+
+
+# ============================================================================ BatchNorm data
+
+
+def _cifar_config(tmp_path, monkeypatch, **overrides) -> TrainConfig:
+    from tests.test_data import _make_cifar10
+
+    if not (tmp_path / "data").exists():
+        _make_cifar10(tmp_path / "data", monkeypatch, per_batch=8, n_test=8)
+    # The smallest image model with BatchNorm (a 10-layer WRN of width 1): 40 images, 2 steps an epoch.
+    base = dict(dataset="cifar10", data_dir=str(tmp_path / "data"), model="wrn-10-1",
+                optimizers=["swa"], epochs=3, swa_start=2, batch_size=20, device="cpu", seed=1, lr=0.05)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def test_augmented_bn_data_is_the_seeded_augmentation_stream(tmp_path, monkeypatch):
+    from landscape.data import augment
+
+    run = tmp_path / "aug"
+    train(_cifar_config(tmp_path, monkeypatch, bn_data="augmented"), run)
+    ckpt = load_checkpoint(run / "swa" / "averaged.pt")
+    data = load_dataset("cifar10", data_dir=tmp_path / "data")
+    model = build_model(ckpt.model["name"], **ckpt.model["kwargs"])
+    model.load_state_dict(ckpt.state_dict)
+
+    def stats(batches) -> dict[str, torch.Tensor]:
+        update_bn(batches, model)
+        return {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+
+    # The documented stream: the train split in order, batches of 512, crop+flip drawn from a
+    # generator seeded with (seed * 1_000_003 + epoch) * 4 + 0 + 0x5EED0B17 (epoch 3, seed 1).
+    gen = torch.Generator().manual_seed((1 * 1_000_003 + 3) * 4 + 0x5EED0B17)
+    augmented = stats([augment(data.train.x[i:i + 512], "crop+flip", gen) for i in range(0, len(data.train), 512)])
+    plain = stats([data.train.x[i:i + 512] for i in range(0, len(data.train), 512)])
+    for key, value in augmented.items():
+        torch.testing.assert_close(ckpt.state_dict[key], value, rtol=1e-5, atol=1e-6)
+    assert any(not torch.allclose(augmented[k], plain[k]) for k in plain)
+    # the training itself is untouched: same iterates as with bn_data="plain"
+    train(_cifar_config(tmp_path, monkeypatch, bn_data="plain"), tmp_path / "plain")
+    a, b = params(run / "swa" / "final.pt"), params(tmp_path / "plain" / "swa" / "final.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_with_augmented_bn_and_thinned_evaluation_is_bit_identical(tmp_path, monkeypatch):
+    names = ["swa", "phase"]
+    cfg = _cifar_config(tmp_path, monkeypatch, optimizers=names, epochs=4, phases="2:0.05,2:0.005",
+                        bn_data="augmented", eval_every=2, eval_train_samples=10)
+    train(cfg, tmp_path / "whole")
+
+    def interrupt(event):
+        if event.get("optimizer") == "phase" and event.get("epoch") == 4 and event.get("batch") == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "cut", progress=interrupt)
+    train(cfg, tmp_path / "cut", resume=True)
+    _assert_same_run(tmp_path / "whole", tmp_path / "cut", names)
+    for name in names:
+        a = torch.load(tmp_path / "whole" / name / "averaged.pt", weights_only=True)["state_dict"]
+        b = torch.load(tmp_path / "cut" / name / "averaged.pt", weights_only=True)["state_dict"]
+        assert all(torch.equal(a[k], b[k]) for k in a), name

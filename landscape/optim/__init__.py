@@ -8,18 +8,21 @@ from landscape.optim.averaging import (
     uniform_average,
 )
 from landscape.optim.lookahead import Lookahead
-from landscape.optim.sam import SAM, frozen_bn_stats
+from landscape.optim.sam import ASAM_SCOPES, SAM, asam_param_groups, frozen_bn_stats
 from landscape.optim.schedules import (
     LRSchedule,
     constant,
     cosine,
+    linear,
     parse_phases,
     phases,
     swa,
 )
 
 __all__ = [
+    "ASAM_SCOPES",
     "SAM",
+    "asam_param_groups",
     "LRSchedule",
     "Lookahead",
     "bias_corrected_ema",
@@ -27,6 +30,7 @@ __all__ = [
     "copy_average_into",
     "cosine",
     "frozen_bn_stats",
+    "linear",
     "parse_phases",
     "phase_gamma",
     "phases",

@@ -4,12 +4,17 @@ The base ("fast") optimizer runs as usual; every k of its steps the slow weights
 fraction alpha toward the fast ones, ``slow += alpha (fast - slow)``, and the fast
 weights restart from there, ``fast = slow``. The slow weights start at the weights the
 optimizer was built with.
+
+The slow weights are Lookahead's output (the fast weights are scratch between syncs):
+``slow_weights()`` puts them into the parameters for as long as one wants to evaluate or
+save them, and restores the fast weights exactly afterwards.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -63,6 +68,23 @@ class Lookahead(Optimizer):
                         slow.add_(p.detach() - slow, alpha=self.alpha)
                         p.copy_(slow)
         return loss
+
+    @contextlib.contextmanager
+    def slow_weights(self) -> Iterator[None]:
+        """Inside the block the parameters hold the slow weights; on exit the fast weights
+        are copied back bit for bit (also after an exception). Buffers (BatchNorm running
+        statistics) are left alone, as the Lookahead reference code does when it evaluates."""
+        params = [p for g in self.param_groups for p in g["params"]]
+        with torch.no_grad():
+            fast = [p.detach().clone() for p in params]
+            for p in params:
+                p.copy_(self.state[p]["slow"])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, f in zip(params, fast):
+                    p.copy_(f)
 
     def state_dict(self) -> dict[str, Any]:
         # Slow weights are keyed by the parameter's position in param_groups, the same

@@ -182,6 +182,29 @@ class SAM(Optimizer):
         self.param_groups = self.base_optimizer.param_groups
 
 
+ASAM_SCOPES = ("all", "weights")
+
+
+def asam_param_groups(model: nn.Module, scope: str = "all") -> list[dict[str, Any]]:
+    """``model``'s parameters as SAM param groups for ASAM's operator ``T``.
+
+    ``"all"``: one group; every parameter is rescaled (``T = |w| + eta``), as eq. 5 of the
+    ASAM paper writes T. ``"weights"``: the rule of the official code (SamsungLabs/ASAM,
+    ``asam.py``): a parameter is rescaled when its name (``named_parameters``) contains
+    ``"weight"`` (conv and linear weights, and BatchNorm's scale, whose name is
+    ``*.weight``); every other one (biases, BatchNorm's shift) gets ``T = 1`` and is
+    perturbed like in SAM. Both groups share one ``||T g||``, as in that code.
+    """
+    if scope not in ASAM_SCOPES:
+        raise UserError(f"ASAM scope must be one of {', '.join(ASAM_SCOPES)}, got {scope!r}")
+    named = list(model.named_parameters())
+    if scope == "all":
+        return [{"params": [p for _, p in named]}]
+    groups = [{"params": [p for n, p in named if "weight" in n]},
+              {"params": [p for n, p in named if "weight" not in n], "adaptive": False}]
+    return [g for g in groups if g["params"]]
+
+
 @contextlib.contextmanager
 def frozen_bn_stats(model: nn.Module) -> Iterator[nn.Module]:
     """Stop BatchNorm running-statistics updates inside the block.

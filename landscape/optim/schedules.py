@@ -4,7 +4,7 @@ A schedule is a pure function of the position in training, so it pickles, prints
 JSON (``describe()``) and needs no torch scheduler state to resume: the trainer writes
 ``group["lr"] = schedule.lr_at(...)`` before every step. Epochs and steps are 0-based.
 
-Build one with ``constant``, ``phases``, ``cosine`` or ``swa``.
+Build one with ``constant``, ``phases``, ``cosine``, ``linear`` or ``swa``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,17 @@ class LRSchedule:
         o = self.options
         if self.kind == "constant":
             return o["lr"]
+        if self.kind == "linear":
+            # Set once per epoch, as the SWA code sets it before each epoch's loop.
+            t = epoch / o["horizon"]
+            ratio = o["final_lr"] / o["lr"]
+            if t <= o["flat_until"]:
+                factor = 1.0
+            elif t <= o["decay_until"]:
+                factor = 1.0 - (1.0 - ratio) * (t - o["flat_until"]) / (o["decay_until"] - o["flat_until"])
+            else:
+                factor = ratio
+            return o["lr"] * factor
         if self.kind == "phases":
             end = 0
             for epochs, lr in o["phases"]:
@@ -163,6 +174,23 @@ def cosine(lr: float, epochs: int, min_lr: float = 0.0) -> LRSchedule:
         "cosine",
         {"lr": _positive_lr(lr, "learning rate"), "epochs": int(epochs), "min_lr": float(min_lr)},
     )
+
+
+def linear(lr: float, final_lr: float, horizon: float) -> LRSchedule:
+    """The learning-rate schedule of the SWA paper's code (Izmailov et al. 2018, timgaripov/swa).
+
+    Per epoch ``e`` (0-based), with ``t = e / horizon``: ``lr`` while ``t <= 0.5``, then
+    linearly down to ``final_lr`` at ``t = 0.9``, then ``final_lr``. The SWA code uses
+    ``horizon = swa_start`` and ``final_lr = swa_lr`` for an SWA run (so the LR has reached
+    the SWA LR before averaging starts), and ``horizon = epochs``, ``final_lr = lr / 100``
+    for its SGD baseline. The LR is constant within an epoch.
+    """
+    if not (horizon > 0 and math.isfinite(horizon)):
+        raise UserError(f"linear schedule needs a positive horizon, got {horizon}")
+    return LRSchedule("linear", {
+        "lr": _positive_lr(lr, "learning rate"), "final_lr": _positive_lr(final_lr, "final learning rate"),
+        "horizon": float(horizon), "flat_until": 0.5, "decay_until": 0.9,
+    })
 
 
 def swa(

@@ -9,7 +9,8 @@ files; it never computes a loss.
 * :func:`write_html` puts figures (and HTML fragments) on one page with plotly.js embedded
   once, so the file opens offline; :func:`plot_result` does both for one file;
 * :func:`metrics_figure` and :func:`report` draw a whole run directory;
-* :func:`save_png` exports a static image through kaleido when it is installed.
+* :func:`save_png` exports a static image through kaleido when it is installed;
+* :func:`static_fallback` makes ``fig.show()`` in a notebook also carry a PNG.
 
 Conventions every figure follows:
 
@@ -31,6 +32,7 @@ Modules: :mod:`~landscape.plots.style` (palette, caption, layout helpers every f
 run-directory reports, PNG).
 """
 
+from landscape.plots.notebook import static_fallback
 from landscape.plots.pages import ANALYSES, figure, metrics_figure, plot_result, report, save_png, write_html
 from landscape.plots.style import (  # noqa: F401  (public names of the former single module)
     CAPTION_LINE_PX, CAPTION_WIDTH, CONFIG, DIVERGED, DIVERGED_NAME, FONT, HEIGHT, LEGEND_TOP, PAGE_CSS, PALETTE,
@@ -38,4 +40,4 @@ from landscape.plots.style import (  # noqa: F401  (public names of the former s
 )
 
 __all__ = ["figure", "write_html", "plot_result", "metrics_figure", "report", "save_png", "caption",
-           "ANALYSES"]
+           "static_fallback", "ANALYSES"]
