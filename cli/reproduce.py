@@ -91,10 +91,11 @@ def reproduce(
             what = "done, kept" if event["compare_event"] == "skip" else (
                 "continuing" if event.get("state") == "partial" else "training")
             display.print(f"  [{event['index']}/{event['total']}] {where}: {', '.join(run.optimizers)} ({what})")
-        elif kind == "compare" and event["compare_event"] == "sharpness":
-            display.print(f"  [{event['index']}/{event['total']}] λ_max of {event['checkpoint']}")
         elif kind == "flatness":
             display.print(f"  flatness, seed {event['seed']}: {event['analysis']}")
+        elif kind == "stability":
+            display.print(f"  stability, seed {event['seed']}: λ_max at the end of LR phase {event['phase']} "
+                          f"(epoch {event['epoch']})")
 
     with TrainProgress(display) as progress, PointProgress("analysis", display) as points:
         result = rp.reproduce(plan, budget=budget, seeds=seeds, force=force, command=command_line(),
@@ -124,7 +125,7 @@ def plan_table(plan: Any) -> Table:
         t.add_column(c, justify="right" if c in ("seeds", "epochs", "predicted") else "left")
     for p in plan.settings:
         s = p.setting
-        t.add_row(s.name, ", ".join(s.optimizers) + (f" ({s.sweep})" if s.sweep else ""), str(p.seeds),
+        t.add_row(s.name, ", ".join(s.optimizers), str(p.seeds),
                   str(p.config.epochs), s.title, _minutes(p.predicted_seconds))
     return t
 

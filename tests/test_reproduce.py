@@ -59,20 +59,26 @@ def test_paired_interval_is_student_t():
 
 
 def test_evaluate_on_hand_made_measurements():
-    """Every effect's number comes from the measurements it names: a fake table and flatness."""
+    """Every effect's number comes from the measurements it names: fake tables, flatness, stability."""
 
-    class Table:
-        optimizer = ["sgd", "sgd", "swa", "swa", "phase", "lookahead", "sam", "asam"]
-        model = ["last", "averaged", "last", "averaged", "last", "last", "last", "last"]
-        cell = [""] * 8
-        values = {"test_acc": np.array([[0.80, 0.81, 0.82], [0.81, 0.82, 0.83], [0.7] * 3, [0.79, 0.80, 0.81],
-                                        [0.80, 0.81, 0.82], [0.80, 0.81, 0.82], [0.90, 0.91, 0.92],
-                                        [0.80, 0.81, 0.825]])}
+    class Noisy:
+        optimizer = ["sgd", "sgd", "phase", "lookahead", "sam", "asam"]
+        model = ["last", "averaged", "last", "last", "last", "last"]
+        cell = [""] * 6
+        values = {"test_acc": np.array([[0.80, 0.81, 0.82], [0.81, 0.82, 0.83], [0.80, 0.81, 0.82],
+                                        [0.80, 0.81, 0.82], [0.90, 0.91, 0.92], [0.80, 0.81, 0.825]])}
 
-    m = rp.Measured(tables={rp.MAIN: Table()}, flatness={rp.MAIN: [
+    class Clean:
+        optimizer, model, cell = ["sgd", "swa", "swa"], ["last", "last", "averaged"], [""] * 3
+        values = {"test_acc": np.array([[0.80, 0.81, 0.82], [0.7] * 3, [0.79, 0.80, 0.81]])}
+
+    m = rp.Measured(tables={rp.NOISY: Noisy(), rp.CLEAN: Clean()}, flatness={rp.CLEAN: [
         {"lambda_max_a": 5.0 + s, "lambda_max_b": 4.0 + s, "trace_a": 50.0, "trace_b": 40.0 + s,
-         "width_a": 0.5, "width_b": 0.6 + 0.01 * s, "alpha_min": 0.8 + 0.01 * s} for s in range(3)]})
-    rows, claims = rp.evaluate(["asgd", "phase", "swa", "sam"], m)
+         "width_a": 0.5, "width_b": 0.6 + 0.01 * s, "width_euclid_a": 5.0, "width_euclid_b": 4.8 - 0.01 * s,
+         "alpha_min": 0.8 + 0.01 * s} for s in range(3)]},
+        stability={rp.NOISY: [{"lr": [0.1, 0.01, 0.001], "lambda_max": [10.0 + s, 30.0, 3000.0 - s]}
+                              for s in range(3)]})
+    rows, claims = rp.evaluate(list(rp.CLAIM_ORDER), m)
     by = {r["effect"]: r for r in rows}
     assert by["asgd_vs_sgd"]["mean"] == pytest.approx(1.0) and by["asgd_vs_sgd"]["verdict"] == "reproduced"
     assert by["asgd_vs_sam"]["verdict"] == "not reproduced"  # -9 points every seed
@@ -80,10 +86,14 @@ def test_evaluate_on_hand_made_measurements():
     assert by["swa_vs_sgd"]["verdict"] == "not reproduced"
     assert by["swa_lambda_max"]["mean"] == pytest.approx(-1.0) and by["swa_lambda_max"]["verdict"] == "reproduced"
     assert by["swa_trace"]["verdict"] == "reproduced" and by["swa_width"]["verdict"] == "reproduced"
+    assert by["swa_width_euclid"]["verdict"] == "not reproduced"
     assert by["swa_line_minimum"]["mean"] == pytest.approx(0.31)
     assert by["asam_vs_sgd"]["per_seed"] == pytest.approx([0.0, 0.0, 0.5])
-    assert [c["claim"] for c in claims] == ["asgd", "phase", "swa", "sam"]
-    assert claims[2]["verdict"] == "partly reproduced (4 of 5)"
+    assert by["lambda_below_2_over_lr[phase 1]"]["per_seed"] == pytest.approx([-10.0, -9.0, -8.0])
+    assert by["lambda_below_2_over_lr[phase 3]"]["verdict"] == "not reproduced"  # 3000 - s > 2000
+    assert by["lambda_rises[phase 1->2]"]["verdict"] == "reproduced"
+    assert [c["claim"] for c in claims] == list(rp.CLAIM_ORDER)
+    assert claims[2]["verdict"] == "partly reproduced (4 of 6)"
     assert set(rp.CSV_FIELDS) <= set(rows[0]) | {"per_seed"}
 
 
@@ -202,17 +212,20 @@ def smoke(tmp_path_factory):
 
 def test_smoke_run_writes_every_file(smoke):
     out, plan, result, events = smoke
-    assert [p.setting.name for p in plan.settings] == [rp.MAIN, rp.STABILITY]
-    for name in ("claims.json", "claims.csv", "report.html", "reproduce.json", "main/compare.h5",
-                 "stability/compare.h5", "main/flatness/seed_0/rays.h5", "main/flatness/seed_1/line.h5",
-                 "main/flatness/seed_1/sharpness_b.h5"):
+    assert [p.setting.name for p in plan.settings] == [rp.CLEAN, rp.NOISY]
+    for name in ("claims.json", "claims.csv", "report.html", "reproduce.json", "clean/compare.h5", "noisy/compare.h5",
+                 "clean/flatness/seed_0/rays.h5", "clean/flatness/seed_0/rays_euclid.h5",
+                 "clean/flatness/seed_1/line.h5", "clean/flatness/seed_1/sharpness_b.h5",
+                 "noisy/stability/seed_1/phase_3.h5"):
         assert (out / name).is_file(), name
     doc = json.loads((out / "claims.json").read_text())
     assert doc["rule"] == rp.RULE and doc["wall_seconds"] > 0
     assert [e["effect"] for e in doc["effects"]] == [e.key for c in ("swa", "stability") for e in rp.CLAIMS[c].effects]
     assert all(e["verdict"] in rp.VERDICTS and e["n"] == 2 for e in doc["effects"])
-    assert len(doc["flatness"][rp.MAIN]) == 2 and {"lambda_max_a", "width_b", "alpha_min"} <= set(
-        doc["flatness"][rp.MAIN][0])
+    assert len(doc["flatness"][rp.CLEAN]) == 2 and {"lambda_max_a", "width_b", "width_euclid_a", "alpha_min"} <= set(
+        doc["flatness"][rp.CLEAN][0])
+    st = doc["stability"][rp.NOISY][0]  # the quick run's 4 epochs: phases 2, 1, 1 at lr, lr/10, lr/100
+    assert st["epoch"] == [2, 3, 4] and st["lr"] == pytest.approx([0.1, 0.01, 0.001])
     csv_lines = (out / "claims.csv").read_text().splitlines()
     assert csv_lines[0].split(",")[:3] == ["claim", "effect", "measures"] and len(csv_lines) == len(doc["effects"]) + 1
     html = (out / "report.html").read_text()
@@ -220,20 +233,20 @@ def test_smoke_run_writes_every_file(smoke):
     assert "SWA beats SGD" in first_table and "published" in first_table and "reproduced" in first_table
     assert "smoke run" in html
     kinds = [e["event"] for e in events]
-    assert kinds[0] == "setting" and "flatness" in kinds and kinds[-1] == "report"
+    assert kinds[0] == "setting" and "flatness" in kinds and "stability" in kinds and kinds[-1] == "report"
 
 
 def test_smoke_run_resumes_after_a_kill(smoke, tmp_path):
     out, plan, first, _ = smoke
     # A run killed during the flatness analyses: a missing result file, a stale table.
-    (out / "main" / "flatness" / "seed_1" / "rays.h5").unlink()
+    (out / "clean" / "flatness" / "seed_1" / "rays.h5").unlink()
     (out / "claims.json").unlink()
     events: list[dict] = []
     again = rp.reproduce(rp.plan_for(["swa", "stability"], out, quick=True, device="cpu"), on_event=events.append)
     trained = [e for e in events if e["event"] == "compare" and e["compare_event"] == "run"]
     assert not trained  # every training run was kept
     redone = [(e["seed"], e["analysis"]) for e in events if e["event"] == "flatness"]
-    assert (1, "rays") in redone and (out / "main" / "flatness" / "seed_1" / "rays.h5").is_file()
+    assert (1, "rays") in redone and (out / "clean" / "flatness" / "seed_1" / "rays.h5").is_file()
     assert [e["per_seed"] for e in again.effects] == [e["per_seed"] for e in first.effects]
     state = json.loads((out / "reproduce.json").read_text())
     assert len(state["sessions"]) == 2 and state["total_seconds"] >= first.total_seconds
@@ -243,10 +256,11 @@ def test_the_flatness_table_reads_the_files(smoke):
     from landscape.plots.flatness import collect, section
 
     out = smoke[0]
-    f = collect(out / "main" / "flatness" / "seed_0")
-    assert [s.name for s in f.solutions] == ["sgd/final.pt", "swa/averaged.pt"]
-    assert all(np.isfinite([s.lambda_max, s.trace, s.sam, s.width]).all() for s in f.solutions)
-    items = section(out / "main" / "flatness" / "seed_0")
+    f = collect(out / "clean" / "flatness" / "seed_0")
+    assert [s.name for s in f.solutions] == ["sgd/final.pt", "swa/averaged.pt"] and f.norms == ["filter", "none"]
+    assert all(np.isfinite([s.lambda_max, s.trace, s.sam, s.width("filter"), s.width("none")]).all()
+               for s in f.solutions)
+    items = section(out / "clean" / "flatness" / "seed_0")
     assert items[0] == "<h2>Flatness of the solutions</h2>" and "What the figures show" in items[-1]
 
 

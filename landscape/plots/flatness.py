@@ -7,19 +7,21 @@ files and puts one number per solution and measure in one table:
 * test accuracy and train loss at the solution (from a rays result at distance 0),
 * lambda_max and the Hessian trace (a single-point sharpness result),
 * SAM sharpness ``max_{||e|| <= rho} L(w + e) - L(w)`` (the same sharpness result),
-* the ray width: the filter-normalised distance at which the train loss, averaged over the
-  random rays of a rays result, has risen by ``rise`` above its value at the solution
-  (:func:`ray_width`; SWA paper Fig. 4 in one number),
+* the ray width: the distance (in the rays result's units: filter-normalised, or Euclidean
+  along unit-norm directions as the SWA paper's Fig. 4) at which the train loss, averaged
+  over the random rays, has risen by ``rise`` above its value at the solution
+  (:func:`ray_width`), one column per normalisation found,
 
 joined by the checkpoints' sha256, and one sentence computed from those numbers saying what
-the figures show (:func:`verdict_line`). Nothing here trains or evaluates a model.
+the figures show (:func:`verdict_line`), including where the test loss is lowest on the line
+between two solutions and on a plane through them. Nothing here trains or evaluates a model.
 """
 
 from __future__ import annotations
 
 import html
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -92,8 +94,10 @@ class SolutionFlatness:
     trace_stderr: float = math.nan
     sam: float = math.nan
     sam_rho: float = math.nan
-    width: float = math.nan
-    width_censored: bool = False
+    widths: dict[str, tuple[float, bool]] = field(default_factory=dict)  # normalization -> (width, censored)
+
+    def width(self, norm: str) -> float:
+        return self.widths.get(norm, (math.nan, False))[0]
 
 
 @dataclass
@@ -101,8 +105,15 @@ class Flatness:
     solutions: list[SolutionFlatness]
     rise: float
     line: dict[str, Any] | None = None  # {"a", "b", "alpha_min", "split"} from an interpolation result
+    plane: dict[str, Any] | None = None  # {"split", "distance": {sha: distance of the grid minimum}} from a surface
     sharpness_subset: int | None = None
-    ray_units: str = ""
+    ray_units: dict[str, str] = field(default_factory=dict)  # normalization -> units
+
+    @property
+    def norms(self) -> list[str]:
+        """Ray normalisations present, filter-normalised first."""
+        order = {"filter": 0, "layer": 1, "none": 2}
+        return sorted(self.ray_units, key=lambda n: order.get(n, 3))
 
 
 def _f(value: Any) -> float:
@@ -146,11 +157,12 @@ def collect(directory: str | Path, rise: float = RISE) -> Flatness | None:
             distance = np.asarray(r.coords["distance"], dtype=np.float64)
             if distance.size < 2 or distance[0] != 0:
                 continue
-            out.ray_units = _text(r.attrs.get("units", r.attrs.get("normalization", "")))
+            norm = _text(r.attrs.get("normalization", "filter"))
+            out.ray_units[norm] = _text(r.attrs.get("units", norm))
             for c, (sha, path) in enumerate(zip(shas, paths)):
                 s = entry(sha, path)
                 train = np.asarray(r.metrics["train"]["loss"], dtype=np.float64)[c]
-                s.width, s.width_censored = ray_width(distance, train, rise)
+                s.widths[norm] = ray_width(distance, train, rise)
                 s.train_loss = float(train[:, 0].mean())
                 if "test" in r.metrics and int(r.attrs.get("subset", -1)) < 0:
                     s.test_acc = float(np.asarray(r.metrics["test"]["accuracy"], dtype=np.float64)[c][:, 0].mean())
@@ -172,14 +184,34 @@ def collect(directory: str | Path, rise: float = RISE) -> Flatness | None:
             out.line = {"a": shas[0], "b": shas[1], "split": split,
                         "a_name": checkpoint_name(paths[0]), "b_name": checkpoint_name(paths[1]),
                         "alpha_min": line_minimum(r.coords["alpha"], r.metrics[split]["loss"])}
+        elif analysis == "surface" and "models/coords" in r.extra and len(shas) == len(r.extra["models/coords"]):
+            split = "test" if "test" in r.metrics else next(iter(r.metrics), None)
+            if split is None or list(r.dims) != ["y", "x"]:
+                continue
+            loss = np.asarray(r.metrics[split]["loss"], dtype=np.float64)
+            if not np.isfinite(loss).any():
+                continue
+            j, i = np.unravel_index(int(np.nanargmin(np.where(np.isfinite(loss), loss, np.nan))), loss.shape)
+            best = np.array([float(r.coords["x"][i]), float(r.coords["y"][j])])
+            coords = np.asarray(r.extra["models/coords"], dtype=np.float64)
+            out.plane = {"split": split, "distance": {sha: float(np.hypot(*(best - xy)))
+                                                      for sha, xy in zip(shas, coords)}}
     out.solutions = [by_sha[s] for s in order]
-    has_any = any(np.isfinite([s.lambda_max, s.trace, s.sam, s.width]).any() for s in out.solutions)
+    has_any = any(np.isfinite([s.lambda_max, s.trace, s.sam]).any() or s.widths for s in out.solutions)
     return out if has_any else None
 
 
-# Measure name, attribute, True when larger is flatter.
-MEASURES = (("λ_max", "lambda_max", False), ("trace", "trace", False), ("SAM sharpness", "sam", False),
-            ("ray width", "width", True))
+# Measure name, value, True when larger is flatter.
+NORM_NAMES = {"filter": "filter-normalised", "layer": "layer-normalised", "none": "Euclidean"}
+
+
+def _measures(f: Flatness) -> list[tuple[str, Any, bool]]:
+    out: list[tuple[str, Any, bool]] = [("λ_max", lambda s: s.lambda_max, False), ("trace", lambda s: s.trace, False),
+                                        ("SAM sharpness", lambda s: s.sam, False)]
+    for norm in f.norms:
+        label = "ray width" if len(f.norms) == 1 else f"{NORM_NAMES.get(norm, norm)} ray width"
+        out.append((label, lambda s, norm=norm: s.width(norm), True))
+    return out
 
 
 def verdict_line(f: Flatness) -> str:
@@ -189,8 +221,8 @@ def verdict_line(f: Flatness) -> str:
         return ""
     a, b = f.solutions[0], f.solutions[1]
     flatter_b, flatter_a, parts = [], [], []
-    for label, attr, larger_flatter in MEASURES:
-        va, vb = getattr(a, attr), getattr(b, attr)
+    for label, value, larger_flatter in _measures(f):
+        va, vb = value(a), value(b)
         if not (np.isfinite(va) and np.isfinite(vb)) or va == vb:
             continue
         b_wins = (vb > va) if larger_flatter else (vb < va)
@@ -212,6 +244,10 @@ def verdict_line(f: Flatness) -> str:
         nearer = b.name if am > 0.5 else a.name if am < 0.5 else "neither"
         text += (f"; the {f.line['split']} loss along the line from {a.name} (α = 0) to {b.name} (α = 1) "
                  f"is lowest at α = {am:.2f}, nearer {nearer}")
+    if f.plane and a.sha256 in f.plane["distance"] and b.sha256 in f.plane["distance"]:
+        da, db = f.plane["distance"][a.sha256], f.plane["distance"][b.sha256]
+        text += (f"; on the plane through them the {f.plane['split']} loss is lowest at a distance of {db:.3g} "
+                 f"from {b.name} and {da:.3g} from {a.name}")
     return text + "."
 
 
@@ -225,14 +261,16 @@ def section(directory: str | Path, rise: float = RISE) -> list[str]:
     f = collect(directory, rise)
     if f is None:
         return []
-    head = ["solution", "test acc. (%)", "train loss", "λ_max", "trace (± s.e.)", "SAM sharpness",
-            f"ray width at train-loss rise {rise:g}"]
+    head = ["solution", "test acc. (%)", "train loss", "λ_max", "trace (± s.e.)", "SAM sharpness"]
+    head += [f"{html.escape(NORM_NAMES.get(n, n))} ray width at train-loss rise {rise:g}" for n in f.norms]
     body = []
     for s in f.solutions:
-        width = "—" if not np.isfinite(s.width) else (f"> {s.width:.3g}" if s.width_censored else f"{s.width:.3g}")
         trace = _num(s.trace) + (f" ± {s.trace_stderr:.2g}" if np.isfinite(s.trace_stderr) else "")
         cols = [html.escape(s.name), "—" if not np.isfinite(s.test_acc) else f"{100 * s.test_acc:.2f}",
-                _num(s.train_loss), _num(s.lambda_max), trace, _num(s.sam), width]
+                _num(s.train_loss), _num(s.lambda_max), trace, _num(s.sam)]
+        for n in f.norms:
+            w, censored = s.widths.get(n, (math.nan, False))
+            cols.append("—" if not np.isfinite(w) else (f"> {w:.3g}" if censored else f"{w:.3g}"))
         body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cols) + "</tr>")
     rho = next((s.sam_rho for s in f.solutions if np.isfinite(s.sam_rho)), math.nan)
     notes = [f"λ_max and trace (Hutch++) of the train loss"
@@ -241,7 +279,7 @@ def section(directory: str | Path, rise: float = RISE) -> list[str]:
              + (f", ρ = {rho:g}" if np.isfinite(rho) else ""),
              f"ray width = distance along random rays at which the train loss, averaged over the rays, has risen "
              f"by {rise:g} above its value at the solution (“>”: not reached on the grid)"
-             + (f"; units: {html.escape(f.ray_units)}" if f.ray_units else ""),
+             + "".join(f"; {html.escape(NORM_NAMES.get(n, n))}: {html.escape(u)}" for n, u in f.ray_units.items()),
              "test accuracy and train loss at the solution from the rays file (distance 0)"]
     line = verdict_line(f)
     items = ["<h2>Flatness of the solutions</h2>",
