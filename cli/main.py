@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from cli import analyses, compare, render, sharpness, train
+from cli import analyses, compare, render, reproduce, sharpness, train
 from cli.common import err_console, error_line, interrupt_message
 from landscape.errors import UserError
 
@@ -27,7 +27,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for module in (train, analyses, sharpness, compare, render):
+for module in (train, analyses, sharpness, compare, render, reproduce):
     module.register(app)
 
 

@@ -51,6 +51,7 @@ __all__ = [
     "augment",
     "batch_indices",
     "load_dataset",
+    "noisy_labels",
 ]
 
 DATASET_NAMES: list[str] = ["mnist1d", "cifar10", "cifar100", "svhn", "mnist", "fashion-mnist"]
@@ -143,8 +144,9 @@ def load_dataset(
 ) -> Dataset:
     """Load a dataset by name onto ``device``.
 
-    Options: ``mnist1d`` takes ``num_train`` (4000), ``num_test`` (1000), ``seed`` (42) and
-    ``augment`` ("none" only). The image datasets take ``augment`` (None = the dataset's
+    Options: ``mnist1d`` takes ``num_train`` (4000), ``num_test`` (1000), ``seed`` (42),
+    ``label_noise`` (0: a fraction of the *train* labels replaced by another class, see
+    :func:`noisy_labels`) and ``augment`` ("none" only). The image datasets take ``augment`` (None = the dataset's
     default: "crop+flip" for CIFAR, "crop" for SVHN, "none" for MNIST/Fashion-MNIST).
     ``data_dir`` is required for the image datasets and ignored by mnist1d.
     """
@@ -307,11 +309,37 @@ def _write_atomic_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
         raise
 
 
+_LABEL_NOISE_SALT = 0x1ABE1  # the noise draw is its own stream, apart from the data generator's
+
+
+def noisy_labels(y: np.ndarray, fraction: float, seed: int, num_classes: int) -> np.ndarray:
+    """``y`` with exactly ``round(fraction * len(y))`` labels replaced by a *different* class.
+
+    Which labels and their new classes come from a numpy generator seeded by the data seed
+    alone, so a noisy split is the same in every run, analysis and process that loads it
+    (the train loss the analyses measure is the one training saw). Test labels are never
+    touched: flat-minima methods are claimed to resist label noise, so the noise must be
+    in the data they fit and not in the data they are scored on.
+    """
+    rng = np.random.default_rng([seed, _LABEL_NOISE_SALT])
+    y = np.asarray(y, dtype=np.int64).copy()
+    flip = rng.permutation(len(y))[: int(round(fraction * len(y)))]
+    # A shift by 1..C-1 (mod C) is a uniformly drawn class other than the true one.
+    y[flip] = (y[flip] + rng.integers(1, num_classes, size=len(flip))) % num_classes
+    return y
+
+
 def _load_mnist1d(device: torch.device, **options: Any) -> Dataset:
-    opts = _check_options("mnist1d", options, {"num_train": 4000, "num_test": 1000, "seed": 42, "augment": None})
+    opts = _check_options("mnist1d", options, {"num_train": 4000, "num_test": 1000, "seed": 42, "label_noise": 0,
+                                               "augment": None})
     num_train = _int_option("mnist1d", "num_train", opts["num_train"], 1)
     num_test = _int_option("mnist1d", "num_test", opts["num_test"], 1)
     seed = _int_option("mnist1d", "seed", opts["seed"], 0, 2**32 - 1)
+    noise = opts["label_noise"]
+    if isinstance(noise, bool) or not isinstance(noise, (int, float, np.integer, np.floating)) \
+            or not 0 <= float(noise) < 1:
+        raise UserError(f"option label_noise for mnist1d must be a fraction in [0, 1), got {noise!r}")
+    noise = float(noise)
     aug = _augment_option("mnist1d", opts["augment"], "none", allowed=("none",))
 
     path = mnist1d_cache_path(num_train, num_test, seed)
@@ -328,9 +356,12 @@ def _load_mnist1d(device: torch.device, **options: Any) -> Dataset:
         xs = ((x.astype(np.float64) - mean) / std).astype(np.float32)[:, None, :]  # (N, 1, 40)
         return Split(torch.from_numpy(xs).to(device), torch.from_numpy(y.astype(np.int64)).to(device))
 
-    train = split(arrays["x_train"], arrays["y_train"])
+    y_train = noisy_labels(arrays["y_train"], noise, seed, 10) if noise else arrays["y_train"]
+    train = split(arrays["x_train"], y_train)
     test = split(arrays["x_test"], arrays["y_test"])
     spec = {"name": "mnist1d", "num_train": num_train, "num_test": num_test, "seed": seed, "augment": aug}
+    if noise:  # only when used, so the spec of every clean run stays what it always was
+        spec["label_noise"] = noise
     return Dataset("mnist1d", train, test, 10, tuple(train.x.shape[1:]), aug, spec, (mean,), (std,))
 
 

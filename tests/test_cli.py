@@ -143,11 +143,15 @@ def test_demo_end_to_end(tmp_path):
     assert "Warning" not in result.stderr, result.stderr  # e.g. torch's torch.jit.script FutureWarning
     summary = json.loads(result.stdout)
     assert summary["report"] == str(report) and summary["training"]["swa"]["epoch"] == 3
-    assert [a["analysis"] for a in summary["analyses"]] == ["interpolate", "sharpness", "rays", "surface",
-                                                           "trajectory"]
+    assert [a["analysis"] for a in summary["analyses"]] == ["interpolate", "sharpness", "sharpness_sgd",
+                                                           "sharpness_swa", "rays", "surface", "trajectory"]
     page = report.read_text()
-    for name in ("interpolate.h5", "sharpness.h5", "rays.h5", "surface.h5", "trajectory.h5"):
+    for name in ("interpolate.h5", "sharpness.h5", "sharpness_sgd.h5", "sharpness_swa.h5", "rays.h5", "surface.h5",
+                 "trajectory.h5"):
         assert name in page
+    # The page opens with the solutions' flatness in numbers and one line on what the figures show.
+    assert page.index("Flatness of the solutions") < page.index("<h2>Training</h2>")
+    assert "What the figures show:" in page and "swa/averaged.pt" in page
     # The line's endpoints are the trained models: alpha = 0 and 1 hold the test loss the
     # trainer measured for sgd's last iterate and swa's average (cnn1d has no BatchNorm).
     sgd = json.loads((out / "sgd" / "metrics.jsonl").read_text().splitlines()[-1])

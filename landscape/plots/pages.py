@@ -351,7 +351,8 @@ def report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> 
         raise UserError(f"{run_dir} is not a run directory (no such folder)")
     out = files.check_writable(Path(out) if out is not None else run_dir / "report.html")  # before any work
     compare_h5 = run_dir / "compare.h5"  # `landscape compare` output: its table first
-    items: list[go.Figure | str] = []
+    from landscape.plots.flatness import section as flatness_section
+    items: list[go.Figure | str] = flatness_section(run_dir)  # the solutions' flatness in numbers, on top
     if compare_h5.is_file():
         items += ["<h2>Comparison</h2>", _compare_section(compare_h5)]
         try:
