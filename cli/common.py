@@ -161,6 +161,7 @@ class _Bar:
                                  TextColumn("eta"), TimeRemainingColumn(), console=console, disable=not self.live)
         self.started = time.monotonic()
         self.logged = self.started
+        self.origins: dict[str, tuple[float, float]] = {}
 
     def __enter__(self) -> "_Bar":
         self.progress.__enter__()
@@ -169,15 +170,24 @@ class _Bar:
     def __exit__(self, *exc: Any) -> None:
         self.progress.__exit__(*exc)
 
-    def log(self, what: str, done: int, total: int, force: bool = False, note: str = "") -> None:
-        """The plain line: ``what done/total[, note], elapsed, about N s left`` (rate since the start)."""
+    def log(self, what: str, done: int, total: int, force: bool = False, note: str = "", key: str = "") -> None:
+        """The plain line: ``what done/total[, note], elapsed, about N s left``.
+
+        The rate is measured per ``key`` (an optimizer, an analysis) from the first time it was
+        seen, so work that started later (the next optimizer, a resumed run) gets its own estimate.
+        """
         now = time.monotonic()
+        fraction = done / total if total else 1.0
+        since, start_fraction = self.origins.setdefault(key or what, (now, fraction))
+        if fraction < start_fraction:  # the same label started over (the next analysis of a series)
+            since, start_fraction = self.origins[key or what] = (now, fraction)
         if self.live or (not force and now - self.logged < self.LOG_SECONDS):
             return
         self.logged = now
-        elapsed = now - self.started
-        left = f", about {elapsed / done * (total - done):.0f} s left" if 0 < done < total else ""
-        self.console.print(f"{what} {done}/{total}{note}, {elapsed:.0f} s{left}", markup=False, highlight=False)
+        rate = (fraction - start_fraction) / (now - since) if now > since else 0.0
+        left = f", about {(1 - fraction) / rate:.0f} s left" if rate > 0 and fraction < 1 else ""
+        self.console.print(f"{what} {done}/{total}{note}, {now - self.started:.0f} s{left}",
+                           markup=False, highlight=False)
 
 
 class TrainProgress(_Bar):
@@ -194,13 +204,13 @@ class TrainProgress(_Bar):
         if "epoch_done" in event:
             m = event.get("metrics", {})
             acc = f", test acc {100 * m['test_acc']:.2f}%" if isinstance(m.get("test_acc"), float) else ""
-            self.log(f"{name}: epoch", event["epoch_done"], event["epochs"], force=True, note=acc)
+            self.log(f"{name}: epoch", event["epoch_done"], event["epochs"], force=True, note=acc, key=name)
             return
         if "batch" not in event:
             return
         done = (event["epoch"] - 1) * event["batches"] + event["batch"]
         total = event["epochs"] * event["batches"]
-        self.log(f"{name}: step", done, total)
+        self.log(f"{name}: step", done, total, key=name)
         if name not in self.tasks:
             self.tasks[name] = self.progress.add_task("", total=total, optimizer=name, epoch=0,
                                                       epochs=event["epochs"], loss="-", lr="-")

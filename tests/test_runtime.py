@@ -72,3 +72,28 @@ def test_progress_moves_point_by_point_and_logs_without_a_tty(tmp_path):
                        "--points", "5", "--range", "0:1", "--device", "cpu", "-o", str(tmp_path / "m.h5"))
     assert result.returncode == 0, result.stderr
     assert "interpolate: points 5/5" in result.stdout
+
+
+def test_time_left_is_estimated_per_optimizer(monkeypatch):
+    """The second optimizer of a run gets its own rate: 10 s per epoch for sgd must not make
+    sam's first epoch (done 100 s after the start) predict 100 s per epoch."""
+    import io
+
+    from rich.console import Console
+
+    from cli import common
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(common.time, "monotonic", lambda: clock["now"])
+    out = io.StringIO()
+    progress = common.TrainProgress(Console(file=out, force_terminal=False, width=200))
+    for name, start in (("sgd", 0.0), ("sam", 100.0)):
+        clock["now"] = start
+        progress({"optimizer": name, "epoch": 1, "batch": 1, "batches": 10, "epochs": 10, "loss": 1.0, "lr": 0.1})
+        for epoch in (1, 2):
+            clock["now"] = start + 20.0 * epoch  # 20 s per epoch
+            progress({"optimizer": name, "epoch_done": epoch, "epochs": 10, "metrics": {}})
+    lines = out.getvalue().splitlines()
+    sam = [line for line in lines if line.startswith("sam: epoch 2/10")]
+    # 8 epochs left at 20 s each (the rate since sam's first step: 1.9 epochs in 40 s)
+    assert sam and "about 168 s left" in sam[0], lines
