@@ -317,11 +317,11 @@ def test_surface_contour_3d_switch_and_models(results):
     assert z[0][0] == pytest.approx(math.log10(0.05 + 1 + 2 * 0.7 ** 2))
     assert contour["customdata"][0][0][2] == repr(0.05 + 1 + 2 * (-0.5 - 0.2) ** 2)
     surfaces = [t for t in _data(fig) if t["type"] == "surface"]
-    assert len(surfaces) == 2 and all(t["visible"] is False for t in surfaces)
+    assert len(surfaces) == 3 and all(t["visible"] is False for t in surfaces)  # train, test loss; test error
     labels = [b.label for b in fig.layout.updatemenus[0].buttons]
     assert labels == ["contour", "3-D surface"]
     vis_3d = fig.layout.updatemenus[0].buttons[1].args[0]["visible"]
-    assert [fig.data[i].type for i, v in enumerate(vis_3d) if v].count("surface") == 2
+    assert [fig.data[i].type for i, v in enumerate(vis_3d) if v].count("surface") == 3
     models = _trace(fig, name="models", xaxis="x")
     assert models["text"] == ["sgd/final.pt", "swa/averaged.pt", "sgd/epoch_0001.pt"]
     assert _trace(fig, name="trajectory", xaxis="x")["x"][-1] == 1.0
@@ -595,7 +595,7 @@ def test_pages_render_in_chromium(results, run_dir, tmp_path):
         # The 3-D view of the surface draws with WebGL, without errors.
         page = b.load(pages["surface"], tmp_path / "surface-3d.png", script=SWITCH_BUTTONS)
         assert page.console_errors == []
-        assert page.divs[0]["gl_scenes"] == 2 and page.divs[0]["visible"] == 2 + 2 * 2
+        assert page.divs[0]["gl_scenes"] == 3 and page.divs[0]["visible"] == 3 + 2 * 3
         # The report: metrics figure + one figure per result file.
         page = b.load(report, tmp_path / "report.png", expect_divs=3)
         assert page.console_errors == [] and page.external_requests == []
@@ -606,3 +606,88 @@ def test_pages_render_in_chromium(results, run_dir, tmp_path):
                       tmp_path / "compare-report.png", expect_divs=1)
         assert page.console_errors == [] and page.external_requests == []
         assert len(page.divs) == 1 and page.divs[0]["traces"] == len(figs["compare"].data)
+
+
+# ============================================================================ what the report says
+
+def test_takeaways_state_the_files_numbers(results):
+    """Titles say what is shown and the one-line takeaways carry numbers derived here from the
+    synthetic files' closed forms (not from the code that writes the line)."""
+    from landscape.plots.summaries import describe
+
+    def said(kind: str) -> tuple[str, str]:
+        return describe(load_result(results[kind]))
+
+    title, text = said("interpolate")
+    assert title == "Loss and error on the line from sgd/final.pt to swa/averaged.pt"
+    # test = 0.35 + 0.8 (a - 0.5)^2: 0.55 at both ends, minimum 0.35 at a = 0.5; error = 30 tanh(loss) %
+    error_at_ends = 100 * 0.3 * math.tanh(0.55)
+    assert (f"test loss 0.55 at sgd/final.pt (α = 0) and 0.55 at swa/averaged.pt (α = 1), test error "
+            f"{error_at_ends:.2f}% and {error_at_ends:.2f}%") in text
+    assert "lowest test loss 0.35 near α = 0.50" in text and "1 point(s) diverged" in text
+
+    title, text = said("surface")
+    assert title == "Loss on the plane through sgd/final.pt, swa/averaged.pt, sgd/epoch_0001.pt"
+    # train = 0.05 + x^2 + 2 (y - 0.2)^2 on the grid: lowest at the grid point (-0.0625, 0.25)
+    low = 0.05 + 0.0625 ** 2 + 2 * 0.05 ** 2
+    assert f"lowest train loss {low:.4g} at (x, y) = (-0.0625, 0.25), nearest sgd/final.pt " \
+           f"({math.hypot(0.0625, 0.25):.3g} away)" in text
+
+    title, text = said("twopoint")
+    assert title.startswith("Loss of the average (θ_ref + θ_ref−k)/2 against the interval k")
+    # test = 0.7 - 0.1 ln(1 + k) + 0.02 (k/100)^2, k = 5 and 50 not finite: lowest at k = 200
+    best = 0.7 - 0.1 * math.log(201) + 0.08
+    assert f"test loss 0.7 at the reference; the average over k = 200 mini-batch steps is lowest, {best:.4g}" in text
+
+    title, text = said("trajectory")
+    assert title == "Training trajectory of sgd on its first two principal components"
+    assert "62.0% and 21.0%" in text and f"train loss 2.05 at epoch 0, {2 * math.exp(-3) + 0.05:.4g} at epoch 12" in text
+
+    title, text = said("sharpness")
+    assert title == "Hessian spectrum of sgd/final.pt"
+    assert text == ("λ_max 35 (2 of the 5 eigenvalues diverged), trace 123.4; "
+                    "the gradient-descent stability limit 2/lr is 20.")
+
+    title, text = said("segments")
+    # 2/(1 + s + a) + 0.1 sin(pi a) falls all the way to a = 1 on every segment
+    assert title.startswith("Loss on the segments") and "lowest strictly inside 0 of 4 segments" in text
+
+    title, text = said("rays")
+    assert title == "Loss along 4 random rays from swa/averaged.pt, sgd/final.pt"
+    r = load_result(results["rays"])
+    curvature = np.random.default_rng(0).uniform(1, 3, size=(2, 4, 1)) * np.array([1.0, 2.5])[:, None, None]
+    widths = re.findall(r"([0-9.]+) from (?:swa|sgd)", text)
+    for width, c in zip(widths, curvature.mean(axis=(1, 2))):  # the mean rise c d^2 reaches 0.1 at sqrt(0.1 / c)
+        assert abs(float(width) - math.sqrt(0.1 / c)) < 0.01, (text, r.path)
+
+    title, text = said("compare")
+    assert title == "Optimizer comparison over 3 seeds: sgd, asgd, sam" and "highest mean test accuracy" in text
+
+
+def test_report_sections_are_titled_by_what_they_show(run_dir):
+    text = plots.report(run_dir).read_text()
+    assert "<h2>Loss and error on the line from sgd/final.pt to swa/averaged.pt" in text
+    assert '<span class="file">analyses/interpolate.h5</span>' in text
+    assert '<p class="takeaway">test loss 0.55 at sgd/final.pt' in text
+    assert "<h2>Hessian spectrum of sgd/final.pt" in text
+
+
+def test_training_curves_label_every_epoch_axis_and_zoom_the_accuracy(run_dir):
+    fig = plots.metrics_figure(run_dir)
+    for axis in ("xaxis", "xaxis2", "xaxis3", "xaxis4", "xaxis5"):
+        assert fig.layout[axis].title.text == "epoch" and fig.layout[axis].showticklabels is not False
+    rows = [json.loads(line) for line in (run_dir / "swa" / "metrics.jsonl").read_text().splitlines()]
+    rows += [json.loads(line) for line in (run_dir / "sgd" / "metrics.jsonl").read_text().splitlines()]
+    late = [100 * row[k] for row in rows for k in ("test_acc", "averaged_test_acc") if k in row and row["epoch"] >= 2]
+    lo, hi = fig.layout.yaxis4.range  # the test accuracy panel: the last third of 2 epochs is epoch 2
+    assert lo < min(late) and max(late) < hi and hi - lo < max(late) - min(late) + 2
+
+
+def test_surface_through_models_shows_test_error(results):
+    fig = plots.figure(results["surface"])
+    contours = [t for t in fig.data if t.type == "contour"]
+    assert [t.name for t in contours] == ["train loss", "test loss", "test error (%)"]
+    r = load_result(results["surface"])
+    error = 100 * (1 - np.asarray(r.metrics["test"]["accuracy"], dtype=float))
+    drawn = np.array([[np.nan if v is None else v for v in row] for row in contours[2].z])
+    np.testing.assert_allclose(drawn, np.where(np.isfinite(error), error, np.nan), equal_nan=True)

@@ -21,6 +21,7 @@ from landscape.plots.compare import _compare
 from landscape.plots.lines import _interpolate, _rays, _segments, _twopoint
 from landscape.plots.planes import _surface, _trajectory
 from landscape.plots.sharpness import _sharpness
+from landscape.plots.summaries import describe
 from landscape.plots.style import (
     CONFIG, PAGE_CSS, PALETTE, _as_list, _exact, _finish, _gaps, _place_buttons, _scale_buttons, _text, esc,
     html_safe,
@@ -184,11 +185,12 @@ def metrics_figure(run_dir: str | os.PathLike) -> go.Figure:
     dirs = _optimizer_dirs(run_dir)
     if not dirs:
         raise UserError(f"{run_dir}: no RUN/<optimizer>/metrics.jsonl found; is this a run directory?")
-    fig = make_subplots(rows=3, cols=2, row_heights=[0.4, 0.4, 0.2], vertical_spacing=0.09,
+    fig = make_subplots(rows=3, cols=2, row_heights=[0.4, 0.4, 0.2], vertical_spacing=0.13,
                         horizontal_spacing=0.08, shared_xaxes=True,
                         specs=[[{}, {}], [{}, {}], [{"colspan": 2}, None]],
                         subplot_titles=("Train loss", "Test loss", "Train accuracy (%)", "Test accuracy (%)",
                                         "Learning rate"))
+    late: dict[int, list[float]] = {1: [], 2: []}  # accuracy values of the last third of the epochs, per column
     for i, d in enumerate(dirs):
         rows = _read_metrics(d / "metrics.jsonl")
         if not rows:
@@ -214,6 +216,9 @@ def metrics_figure(run_dir: str | os.PathLike) -> go.Figure:
                 if ys is None:
                     continue
                 label = f"{name} (averaged)" if averaged else name
+                if r_ == 2:
+                    cut = np.nanmax(np.asarray(epoch, dtype=np.float64)) * 2 / 3 if len(rows) else 0.0
+                    late[c_] += [y for e, y in zip(epoch, ys) if e is not None and y is not None and e >= cut]
                 fig.add_trace(go.Scatter(
                     x=epoch, y=ys, mode="lines+markers" if len(rows) <= 40 else "lines", name=label,
                     legendgroup=label, marker=dict(size=5),
@@ -235,11 +240,23 @@ def metrics_figure(run_dir: str | os.PathLike) -> go.Figure:
     fig.update_yaxes(title_text="loss", row=1, col=1)
     fig.update_yaxes(title_text="accuracy (%)", row=2, col=1)
     fig.update_yaxes(title_text="lr", type="log", dtick=1, row=3, col=1)
-    fig.update_xaxes(title_text="epoch", row=3, col=1)
+    for r_, c_ in ((1, 1), (1, 2), (2, 1), (2, 2), (3, 1)):
+        fig.update_xaxes(title_text="epoch", showticklabels=True, row=r_, col=c_)
+    # The differences that matter (tenths of a point at the end) vanish on a 30-100% axis:
+    # the accuracy panels open zoomed on the last third of the epochs.
+    zoomed = False
+    for c_, values in late.items():
+        finite = [v for v in values if math.isfinite(v)]
+        if len(finite) >= 2:
+            lo, hi = min(finite), max(finite)
+            pad = max(0.15 * (hi - lo), 0.25)
+            fig.update_yaxes(range=[lo - pad, min(hi + pad, 100.5)], row=2, col=c_)
+            zoomed = True
     fig.update_layout(updatemenus=[_scale_buttons(["yaxis", "yaxis2"])])
     _finish(fig, None, f"Training curves: {esc(run_dir.name)}",
-            "per epoch, evaluated on the full splits; solid: iterate, dashed: averaged model",
-            height=900, caption_shift=0, legend_top=False, right_margin=30)
+            "per epoch, evaluated on the full splits; solid: iterate, dashed: averaged model"
+            + ("; accuracy zoomed on the last third of the epochs (double-click a panel to see all)" if zoomed else ""),
+            height=960, caption_shift=0, legend_top=False, right_margin=30)
     _place_buttons(fig)
     return fig
 
@@ -370,9 +387,17 @@ def report(run_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> 
         from landscape.store import load_result
     for p in results:
         rel = p.relative_to(run_dir)
-        items.append(f"<h2>{esc(rel)}</h2>")
         try:
-            items.append(figure(load_result(p)))
+            result = load_result(p)
+        except UserError as exc:
+            items += [f"<h2>{esc(rel)}</h2>", f'<p class="error">could not read {esc(str(rel))}: {esc(str(exc))}</p>']
+            continue
+        title, takeaway = describe(result)
+        items.append(f'<h2>{esc(title)} <span class="file">{esc(rel)}</span></h2>')
+        if takeaway:
+            items.append(f'<p class="takeaway">{esc(takeaway)}</p>')
+        try:
+            items.append(figure(result))
         except UserError as exc:
             items.append(f'<p class="error">could not draw {esc(str(rel))}: {esc(str(exc))}</p>')
     return write_html(items, out, f"landscape report: {run_dir.name}", _run_caption(run_dir))

@@ -60,19 +60,30 @@ def _surface(r: Any) -> go.Figure:
     ys = np.asarray(r.coords["y"], dtype=np.float64)
     nx, ny = len(xs), len(ys)
     splits = [s for s in _splits(r) if "loss" in r.metrics[s]]
-    ncols = max(len(splits), 1)
     norm = _text(r.attrs.get("normalization")) if r.attrs.get("normalization") is not None else ""
     units = _text(r.attrs.get("units")) if r.attrs.get("units") else RAY_UNITS.get(norm, norm or "direction units")
     short_units = ("parameter distance" if norm == "gram-schmidt" else RAY_UNITS.get(norm, "direction units"))
-    fig = make_subplots(rows=1, cols=ncols, subplot_titles=[f"{s} loss" for s in splits] or [""],
-                        horizontal_spacing=0.16)
     done = _done_mask(r, (ny, nx))
-    losses = {s: _grid(r, r.metrics[s]["loss"], nx, ny) for s in splits}
-    logs = {s: _log10(v) for s, v in losses.items()}
+    # Panels: each split's loss (log colour scale), and on a plane through models the test
+    # error as well (linear, in %), as in the SWA paper's Fig. 1.
+    panels: list[dict[str, Any]] = []
+    for split in splits:
+        loss = _grid(r, r.metrics[split]["loss"], nx, ny)
+        acc = _grid(r, r.metrics[split]["accuracy"], nx, ny) if "accuracy" in r.metrics[split] else None
+        panels.append(dict(split=split, name=f"{split} loss", values=loss, z=_log10(loss), log=True, acc=acc))
+    test = next((p for p in panels if p["split"] == "test" and p["acc"] is not None), None)
+    if norm == "gram-schmidt" and test is not None:
+        error = 100.0 * (1.0 - test["acc"])
+        panels.append(dict(split="test", name="test error (%)", values=error, z=error, log=False, acc=test["acc"]))
+    ncols = max(len(panels), 1)
+    spacing = 0.16 if ncols < 3 else 0.1
+    fig = make_subplots(rows=1, cols=ncols, subplot_titles=[p["name"] for p in panels] or [""],
+                        horizontal_spacing=spacing)
     # One colour scale per panel: train and test losses often differ by an order of
     # magnitude, and a shared scale would flatten the contrast of both.
-    ranges = {s: _finite_range(v) or (0.0, 1.0) for s, v in logs.items()}
-    color_axis = {s: "coloraxis" if i == 0 else f"coloraxis{i + 1}" for i, s in enumerate(splits)}
+    for i, p in enumerate(panels):
+        p["range"] = _finite_range(p["z"]) or (0.0, 1.0)
+        p["axis"] = "coloraxis" if i == 0 else f"coloraxis{i + 1}"
     gx, gy = np.meshgrid(xs, ys)
     x_txt, y_txt = _strings(gx, _coord), _strings(gy, _coord)
     traces_2d, traces_3d = [], []
@@ -91,16 +102,15 @@ def _surface(r: Any) -> go.Figure:
     if path_xy is not None:
         path_xy = np.asarray(path_xy, dtype=np.float64).reshape(-1, 2)
 
-    for col, split in enumerate(splits, start=1):
-        loss = losses[split]
-        acc = _grid(r, r.metrics[split]["accuracy"], nx, ny) if "accuracy" in r.metrics[split] else None
+    for col, panel in enumerate(panels, start=1):
+        split, loss, acc, z = panel["split"], panel["values"], panel["acc"], panel["z"]
         acc_txt = _strings(acc) if acc is not None else np.full((ny, nx), "n/a", dtype=object)
         cd = np.stack([x_txt, y_txt, _strings(loss), acc_txt], -1).tolist()
-        hover = (f"<b>{split} loss = %{{customdata[2]}}</b><br>accuracy %{{customdata[3]}}"
+        hover = (f"<b>{panel['name']} = %{{customdata[2]}}</b><br>{split} accuracy %{{customdata[3]}}"
                  "<br>x = %{customdata[0]}, y = %{customdata[1]}<extra></extra>")
         contour = go.Contour(
-            x=xs.tolist(), y=ys.tolist(), z=_gaps(logs[split]), coloraxis=color_axis[split], customdata=cd,
-            hovertemplate=hover, name=f"{split} loss", showlegend=False, connectgaps=False,
+            x=xs.tolist(), y=ys.tolist(), z=_gaps(z), coloraxis=panel["axis"], customdata=cd,
+            hovertemplate=hover, name=panel["name"], showlegend=False, connectgaps=False,
             contours=dict(coloring="heatmap", showlines=True), ncontours=24,
             line=dict(width=0.6, color="rgba(255,255,255,0.55)"),
         )
@@ -108,8 +118,8 @@ def _surface(r: Any) -> go.Figure:
         traces_2d.append(len(fig.data) - 1)
         scene = "scene" if col == 1 else f"scene{col}"
         fig.add_trace(go.Surface(
-            x=xs.tolist(), y=ys.tolist(), z=_gaps(logs[split]), coloraxis=color_axis[split], customdata=cd,
-            hovertemplate=hover, name=f"{split} loss", showlegend=False, visible=False, scene=scene,
+            x=xs.tolist(), y=ys.tolist(), z=_gaps(z), coloraxis=panel["axis"], customdata=cd,
+            hovertemplate=hover, name=panel["name"], showlegend=False, visible=False, scene=scene,
             contours=dict(z=dict(show=True, usecolormap=True, project=dict(z=True), width=1)),
         ))
         traces_3d.append(len(fig.data) - 1)
@@ -121,7 +131,7 @@ def _surface(r: Any) -> go.Figure:
                 name=DIVERGED_NAME, legendgroup="diverged", showlegend=col == 1,
                 marker=dict(symbol=DIVERGED, size=10, color="#d00", line=dict(width=2, color="#d00")),
                 customdata=[[_exact(loss.ravel()[i]), flat_txt[i]] for i in bad],
-                hovertemplate=f"<b>{split} loss = %{{customdata[0]}}</b> (diverged; drawn as a gap)"
+                hovertemplate=f"<b>{panel['name']} = %{{customdata[0]}}</b> (diverged; drawn as a gap)"
                               "<br>%{customdata[1]}<extra></extra>",
             ), row=1, col=col)
             traces_2d.append(len(fig.data) - 1)
@@ -136,7 +146,7 @@ def _surface(r: Any) -> go.Figure:
                               "<extra></extra>",
             ), row=1, col=col)
             traces_2d.append(len(fig.data) - 1)
-            zpath = [_bilinear(xs, ys, logs[split], a, b) for a, b in path_xy]
+            zpath = [_bilinear(xs, ys, z, a, b) for a, b in path_xy]
             fig.add_trace(go.Scatter3d(
                 x=path_xy[:, 0].tolist(), y=path_xy[:, 1].tolist(), z=zpath, mode="lines+markers",
                 name="trajectory", legendgroup="trajectory", showlegend=False, visible=False, scene=scene,
@@ -155,7 +165,7 @@ def _surface(r: Any) -> go.Figure:
                 hovertemplate="<b>%{customdata[0]}</b><br>x = %{customdata[1]}, y = %{customdata[2]}<extra></extra>",
             ), row=1, col=col)
             traces_2d.append(len(fig.data) - 1)
-            zm = [_bilinear(xs, ys, logs[split], a, b) for a, b in model_xy]
+            zm = [_bilinear(xs, ys, z, a, b) for a, b in model_xy]
             fig.add_trace(go.Scatter3d(
                 x=model_xy[:, 0].tolist(), y=model_xy[:, 1].tolist(), z=zm, mode="markers+text", text=model_names,
                 name="models", legendgroup="models", showlegend=False, visible=False, scene=scene,
@@ -175,25 +185,26 @@ def _surface(r: Any) -> go.Figure:
             fig.update_yaxes(scaleanchor=_axis_name("x", 1, col, ncols).replace("axis", ""), scaleratio=1,
                              constrain="domain", row=1, col=col)
             fig.update_xaxes(constrain="domain", row=1, col=col)
-        panel_px = 1200 * (1 - 0.16 * (ncols - 1)) / ncols  # the report's width
+        panel_px = 1200 * (1 - spacing * (ncols - 1)) / ncols  # the report's width
         plot_px = height - TOP_MARGIN - 76
         aspect = (ys.max() - ys.min()) / max(xs.max() - xs.min(), 1e-12)
         height -= int(max(0.0, plot_px - max(260.0, panel_px * aspect)))
-    for col, split in enumerate(splits, start=1):
-        lo, hi = ranges[split]
-        tickvals, ticktext = _nice_log_ticks(lo, hi)
+    for col, panel in enumerate(panels, start=1):
+        lo, hi = panel["range"]
+        ticks = dict(zip(("tickvals", "ticktext"), _nice_log_ticks(lo, hi))) if panel["log"] else {}
         right = fig.layout[_axis_name("x", 1, col, ncols)].domain[1]
-        fig.layout[color_axis[split]] = dict(colorscale="Viridis", cmin=lo, cmax=hi, colorbar=dict(
-            title=dict(text=f"{split} loss<br>(log scale)", side="top"), tickvals=tickvals, ticktext=ticktext,
-            len=0.85, thickness=14, x=right + 0.012, xanchor="left"))
+        title = f"{panel['name']}<br>(log scale)" if panel["log"] else panel["name"].replace(" (", "<br>(")
+        fig.layout[panel["axis"]] = dict(colorscale="Viridis", cmin=lo, cmax=hi, colorbar=dict(
+            title=dict(text=title, side="top"), len=0.85, thickness=14, x=right + 0.012, xanchor="left", **ticks))
 
     # 3-D scenes: parked in a corner (they would swallow the contour's hover) until switched to.
     parked = dict(x=[0, 0.0001], y=[0, 0.0001])
     scene_ids = ["scene" if c == 1 else f"scene{c}" for c in range(1, ncols + 1)]
     domains = {}
     for col, sid in enumerate(scene_ids, start=1):
-        tickvals, ticktext = _nice_log_ticks(*ranges[splits[col - 1]]) if splits else ([], [])
-        z_axis = dict(title="loss", tickvals=tickvals, ticktext=ticktext, tickfont=dict(size=11))
+        panel = panels[col - 1] if panels else dict(log=False, name="")
+        ticks = dict(zip(("tickvals", "ticktext"), _nice_log_ticks(*panel["range"]))) if panel["log"] else {}
+        z_axis = dict(title="loss" if panel["log"] else panel["name"], tickfont=dict(size=11), **ticks)
         xa = fig.layout[_axis_name("x", 1, col, ncols)]
         domains[sid] = dict(x=list(xa.domain), y=[0.0, 1.0])
         fig.layout[sid] = dict(domain=parked, xaxis=dict(title="x", tickfont=dict(size=11)),
@@ -213,7 +224,8 @@ def _surface(r: Any) -> go.Figure:
     fig.update_layout(updatemenus=[menu])
     plane = ("plane through three models (Gram-Schmidt; axes in parameter distance)" if norm == "gram-schmidt"
              else f"two random directions ({units})")
-    _finish(fig, r, "Loss surface", f"{plane}; grid {nx} × {ny}; colour: loss on a log scale, per panel",
+    colour = "loss on a log scale" + ("; error linear, in %" if len(panels) > len(splits) else "")
+    _finish(fig, r, "Loss surface", f"{plane}; grid {nx} × {ny}; colour: {colour}, per panel",
             height=height, right_margin=70)
     _place_buttons(fig)
     return fig
@@ -247,6 +259,19 @@ def _uncrowded(points: np.ndarray, texts: list[str], taken: np.ndarray, min_frac
         if not crowded:
             kept.append(p)
     return out
+
+
+def _away_from_path(coords: np.ndarray, t: int) -> str:
+    """Where an end point's label goes so that it sits on neither its marker nor the path:
+    beyond the end, in the direction the path arrives from the neighbouring point."""
+    near = t + 1 if t == 0 else t - 1
+    if not (0 <= near < len(coords)) or not np.isfinite(coords[[t, near]]).all():
+        return "top center"
+    span = np.ptp(coords[np.isfinite(coords).all(axis=1)], axis=0)
+    dx, dy = (coords[t] - coords[near]) / np.where(span > 0, span, 1.0)
+    if abs(dx) >= abs(dy):
+        return "middle right" if dx > 0 else "middle left"
+    return "top center" if dy > 0 else "bottom center"
 
 
 def _trajectory(r: Any) -> go.Figure:
@@ -290,7 +315,7 @@ def _trajectory(r: Any) -> go.Figure:
     base_hover = ("<b>epoch %{customdata[0]}</b> (lr %{customdata[4]})<br>PC1 %{customdata[1]}, PC2 %{customdata[2]}"
                   "<br>distance from the PCA plane %{customdata[3]}<br>%{customdata[5]}")
 
-    fig = make_subplots(rows=1, cols=2, column_widths=[0.56, 0.44], horizontal_spacing=0.14,
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.56, 0.44], horizontal_spacing=0.12,
                         subplot_titles=("PCA of the trajectory", "Time-delay coordinates"))
     # Loss on the PCA plane under the path.
     sx, sy = _extra(r, "surface/x"), _extra(r, "surface/y")
@@ -314,11 +339,13 @@ def _trajectory(r: Any) -> go.Figure:
         ), row=1, col=1)
         fig.update_layout(coloraxis=dict(
             colorscale=[[0, "#9ecae1"], [0.5, "#deebf7"], [1, "#ffffff"]], cmin=zr[0], cmax=zr[1],
-            colorbar=dict(title=dict(text=f"{zsplit} loss", side="top"), tickvals=tv, ticktext=tt, x=0.515,
-                          xanchor="left", len=0.8, thickness=12)))
+            colorbar=dict(title=dict(text=f"{zsplit} loss", side="top"), tickvals=tv, ticktext=tt, x=1.02,
+                          xanchor="left", y=0.0, yanchor="bottom", len=0.44, thickness=12)))
+    # Both colour bars stacked right of the figure: between the panels a bar would sit on the
+    # time-delay panel's y-title in a narrow window.
     epoch_axis = dict(colorscale="Viridis", cmin=float(epochs.min()), cmax=float(epochs.max()),
-                      colorbar=dict(title=dict(text="epoch", side="top"), x=1.0, xanchor="left", len=0.8,
-                                    thickness=14))
+                      colorbar=dict(title=dict(text="epoch", side="top"), x=1.02, xanchor="left",
+                                    y=1.0, yanchor="top", len=0.44 if has_surface else 0.8, thickness=14))
     fig.update_layout(coloraxis2=epoch_axis)
     ok = np.isfinite(coords).all(axis=1)
     fig.add_trace(go.Scatter(
@@ -333,7 +360,8 @@ def _trajectory(r: Any) -> go.Figure:
         fig.add_trace(go.Scatter(
             x=[coords[t, 0] for t in ends], y=[coords[t, 1] for t in ends], mode="markers+text",
             text=[f"epoch {ep_txt[t]}" + (" (init)" if epochs[t] == 0 else "") for t in ends],
-            textposition="bottom center", textfont=dict(size=13), name="start / end", showlegend=False,
+            textposition=[_away_from_path(coords, t) for t in ends], textfont=dict(size=13),
+            name="start / end", showlegend=False, cliponaxis=False,
             marker=dict(size=13, symbol=["circle-open", "square-open"][: len(ends)], color="#222",
                         line=dict(width=2)),
             customdata=[hover_rows[t] for t in ends], hovertemplate=base_hover + "<extra></extra>",

@@ -98,6 +98,22 @@ def _sharpness_layers(fig: go.Figure, r: Any, row: int) -> None:
     fig.update_yaxes(title_text="λ_max / trace of the block", row=row, col=1)
 
 
+def _sam_ascent(fig: go.Figure, r: Any, curve: np.ndarray) -> None:
+    """L(w + e_t) − L(w) after t projected ascent steps on the ρ-ball: the SAM sharpness is its end."""
+    rho = (getattr(r, "extra_attrs", {}) or {}).get("sam/ascent", {}).get("rho")
+    steps = np.arange(len(curve))
+    fig.add_trace(go.Scatter(
+        x=steps.tolist(), y=_gaps(curve), mode="lines+markers", name="SAM ascent",
+        line=dict(color=PALETTE[2], width=2.5), marker=dict(size=8, color=PALETTE[2]),
+        customdata=[[str(t), _exact(v)] for t, v in zip(steps, curve)],
+        hovertemplate="after %{customdata[0]} ascent step(s)<br><b>L(w+e) − L(w) = %{customdata[1]}</b>"
+                      "<extra></extra>",
+    ), row=1, col=2)
+    fig.update_xaxes(title_text="ascent steps (0: the first-order step)", dtick=1, row=1, col=2)
+    fig.update_yaxes(title_text="L(w+e) − L(w)" + (f", ‖e‖ ≤ ρ = {_scalar(rho):g}" if _scalar(rho) else ""),
+                     row=1, col=2)
+
+
 def _sharpness(r: Any) -> go.Figure:
     r = html_safe(r)  # every string from the file escaped, once (style.esc)
     if "alpha" in (getattr(r, "coords", None) or {}):
@@ -111,14 +127,20 @@ def _sharpness(r: Any) -> go.Figure:
         lr = _scalar(_extra(r, "lr"))
     limit = 2.0 / lr if lr and lr > 0 else None
     layers = _extra(r, "by_layer/lambda_max") is not None and _extra(r, "by_layer/names") is not None
+    has_density = grid is not None and dens is not None and np.size(grid) == np.size(dens)
+    sam_curve = _extra(r, "sam/curve")
+    # The right panel: the spectral density, or else the SAM ascent (an empty panel says nothing).
+    right = "Spectral density" if has_density else "SAM ascent" if sam_curve is not None else ""
     if layers:
         fig = make_subplots(rows=2, cols=2, specs=[[{}, {}], [{"colspan": 2}, None]], row_heights=[0.6, 0.4],
                             vertical_spacing=0.16, horizontal_spacing=0.1,
-                            subplot_titles=("Top Hessian eigenvalues", "Spectral density", "By module"))
+                            subplot_titles=("Top Hessian eigenvalues", right, "By module"))
         _sharpness_layers(fig, r, 2)
     else:
-        fig = make_subplots(rows=1, cols=2, subplot_titles=("Top Hessian eigenvalues", "Spectral density"),
+        fig = make_subplots(rows=1, cols=2, subplot_titles=("Top Hessian eigenvalues", right),
                             horizontal_spacing=0.1)
+    if not has_density and sam_curve is not None:
+        _sam_ascent(fig, r, np.asarray(sam_curve, dtype=np.float64).ravel())
     order = np.argsort(-np.where(np.isfinite(eig), eig, -np.inf)) if eig.size else np.empty(0, int)
     idx = np.arange(1, eig.size + 1)
     fig.add_trace(go.Scatter(
@@ -149,7 +171,7 @@ def _sharpness(r: Any) -> go.Figure:
         fig.add_annotation(text=f"2/lr = {limit:.4g} (off scale: {ratio:.0f}× λ<sub>max</sub>)",
                            xref="x domain", yref="y domain", x=0.98, y=0.98, xanchor="right", yanchor="top",
                            showarrow=False, font=dict(size=13, color="#D55E00"))
-    if grid is not None and dens is not None and np.size(grid) == np.size(dens):
+    if has_density:
         g, d = np.asarray(grid, dtype=np.float64).ravel(), np.asarray(dens, dtype=np.float64).ravel()
         d_draw = np.where(d > 0, d, np.nan)  # a log axis has no zero; zeros are gaps
         fig.add_trace(go.Scatter(
@@ -168,14 +190,15 @@ def _sharpness(r: Any) -> go.Figure:
                 marker=dict(symbol="line-ns-open", size=16, color=PALETTE[0], line=dict(width=2)),
                 customdata=[_exact(v) for v in finite], hovertemplate="λ = %{customdata}<extra></extra>",
             ), row=1, col=2)
-    if limit is not None and not off_scale:
+    if limit is not None and not off_scale and has_density:
         fig.add_vline(x=limit, line=dict(color="#D55E00", width=2, dash="dash"), row=1, col=2,
                       annotation=dict(text=f"2/lr = {limit:.4g}", font=dict(size=13, color="#D55E00")),
                       annotation_position="top left")
-    fig.update_xaxes(title_text="rank", row=1, col=1)
+    fig.update_xaxes(title_text="rank", dtick=1, range=[0.5, max(eig.size, 1) + 0.5], row=1, col=1)
     fig.update_yaxes(title_text="eigenvalue of the loss Hessian", row=1, col=1)
-    fig.update_xaxes(title_text="eigenvalue", row=1, col=2)
-    fig.update_yaxes(title_text="density (log scale)", row=1, col=2)
+    if has_density:
+        fig.update_xaxes(title_text="eigenvalue", row=1, col=2)
+        fig.update_yaxes(title_text="density (log scale)", row=1, col=2)
     parts = []
     if trace_v is not None:
         parts.append(f"trace = {trace_v:.6g}")

@@ -46,6 +46,8 @@ table.summary th, table.summary td { border: 1px solid #ddd; padding: 6px 14px; 
 table.summary th:first-child, table.summary td:first-child { text-align: left; }
 table.summary th { background: #f0f0f0; }
 .error { color: #a40000; }
+h2 .file { font-size: 13px; font-weight: normal; color: #888; margin-left: 8px; }
+.takeaway { font-size: 16px; line-height: 1.45; margin: 6px 0 8px; }
 code { font-size: 13px; background: #f0f0f0; padding: 1px 4px; border-radius: 3px; }
 footer { color: #888; font-size: 12px; margin-top: 32px; }
 """
