@@ -13,6 +13,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from cli.common import PointProgress, TrainProgress, apply_runtime, command_line, console, err_console
 from cli.options import Runtime, grouped
@@ -70,10 +71,11 @@ def reproduce(
     if plan.budget:
         b = plan.budget
         how = "as chosen before for this directory" if b.get("reused") else b["rule"]
-        display.print(f"--budget {b['seconds']:g} s: [bold]{b['seeds']} seeds[/bold], epochs x {b['epoch_scale']:g} "
-                      f"({how})")
-    display.print(f"expected run time here: [bold]about {_minutes(plan.predicted_seconds)}[/bold] "
-                  f"(from {len(plan.timing['models'])} timed model(s); the machine's current load included)")
+        display.print(Text.assemble(f"--budget {b['seconds']:g} s: ", (f"{b['seeds']} seeds", "bold"),
+                                    f", epochs x {b['epoch_scale']:g} ({how})"))
+    display.print(Text.assemble("expected run time here: ", (f"about {_minutes(plan.predicted_seconds)}", "bold"),
+                                f" (from {len(plan.timing['models'])} timed model(s); the machine's current load "
+                                "included)"))
     if plan_only:
         if as_json:
             print(json.dumps({"plan": plan.record()}, indent=2))
@@ -82,9 +84,9 @@ def reproduce(
     def on_event(event: dict[str, Any]) -> None:
         kind = event["event"]
         if kind == "setting":
-            display.print(f"[bold]setting {event['index']}/{event['total']}: {event['setting']}[/bold] "
-                          f"({event['seeds']} seeds, {event['epochs']} epochs, about "
-                          f"{_minutes(event['predicted_seconds'])})")
+            display.print(Text.assemble((f"setting {event['index']}/{event['total']}: {event['setting']}", "bold"),
+                                        f" ({event['seeds']} seeds, {event['epochs']} epochs, about "
+                                        f"{_minutes(event['predicted_seconds'])})"))
         elif kind == "compare" and event["compare_event"] in ("run", "skip"):
             run = event["run"]
             where = f"seed {run.seed}" + (f" {run.cell}" if run.cell else "")
@@ -109,7 +111,7 @@ def reproduce(
     console.print(verdict_table(result))
     console.print(f"rule: {rp.RULE}")
     console.print(f"wall time: {_minutes(result.seconds)} this run, {_minutes(result.total_seconds)} in all; "
-                  f"report: [bold]{result.report}[/bold], {result.json}, {result.csv}")
+                  f"report: {result.report}, {result.json}, {result.csv}")
 
 
 def _minutes(seconds: float) -> str:
@@ -140,5 +142,5 @@ def verdict_table(result: Any) -> Table:
     for row in result.effects:
         v = row["verdict"]
         t.add_row(row["claim"], f"{row['measures']} ({row['claimed']} 0)", fmt_effect(row), row["published"],
-                  f"[{style.get(v, 'yellow')}]{v}[/]")
+                  Text(v, style=style.get(v, "yellow")))
     return t
