@@ -162,6 +162,7 @@ class _Bar:
         self.started = time.monotonic()
         self.logged = self.started
         self.origins: dict[str, tuple[float, float]] = {}
+        self.last_fraction: dict[str, float] = {}
 
     def __enter__(self) -> "_Bar":
         self.progress.__enter__()
@@ -178,9 +179,11 @@ class _Bar:
         """
         now = time.monotonic()
         fraction = done / total if total else 1.0
-        since, start_fraction = self.origins.setdefault(key or what, (now, fraction))
-        if fraction < start_fraction:  # the same label started over (the next analysis of a series)
-            since, start_fraction = self.origins[key or what] = (now, fraction)
+        key = key or what
+        since, start_fraction = self.origins.setdefault(key, (now, fraction))
+        if fraction < self.last_fraction.get(key, 0.0):  # started over: the next seed, the next analysis
+            since, start_fraction = self.origins[key] = (now, fraction)
+        self.last_fraction[key] = fraction
         if self.live or (not force and now - self.logged < self.LOG_SECONDS):
             return
         self.logged = now

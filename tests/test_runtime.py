@@ -93,7 +93,14 @@ def test_time_left_is_estimated_per_optimizer(monkeypatch):
         for epoch in (1, 2):
             clock["now"] = start + 20.0 * epoch  # 20 s per epoch
             progress({"optimizer": name, "epoch_done": epoch, "epochs": 10, "metrics": {}})
+    # The next seed trains sgd again from its start: its own rate again, not the first seed's.
+    clock["now"] = 500.0
+    progress({"optimizer": "sgd", "epoch": 1, "batch": 1, "batches": 10, "epochs": 10, "loss": 1.0, "lr": 0.1})
+    for epoch in (1, 2):
+        clock["now"] = 500.0 + 20.0 * epoch
+        progress({"optimizer": "sgd", "epoch_done": epoch, "epochs": 10, "metrics": {}})
     lines = out.getvalue().splitlines()
-    sam = [line for line in lines if line.startswith("sam: epoch 2/10")]
-    # 8 epochs left at 20 s each (the rate since sam's first step: 1.9 epochs in 40 s)
-    assert sam and "about 168 s left" in sam[0], lines
+    # 8 epochs left at 20 s each (the rate since the optimizer's first step: 1.9 epochs in 40 s)
+    for name in ("sam", "sgd"):
+        last = [line for line in lines if line.startswith(f"{name}: epoch 2/10")][-1]
+        assert "about 168 s left" in last, lines
