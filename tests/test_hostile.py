@@ -57,9 +57,17 @@ def landscape(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
                           env={**os.environ, "COLUMNS": "200"}, timeout=timeout)
 
 
+def _interruptible() -> None:
+    # A suite started in the background (`make test &`) inherits SIGINT ignored, as the shell
+    # sets it for background jobs, and Python keeps an ignored SIGINT ignored: the child gets
+    # the handler a terminal's Ctrl-C would meet.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(*args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "cli.main", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"})
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "COLUMNS": "200"},
+                            preexec_fn=_interruptible)
 
 
 def one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> str:

@@ -118,12 +118,12 @@ def test_bn_recompute_matches_swa_utils_update_bn(project, user_modules):
     mymodels, mydata = user_modules
     out = project / "out"
     ok(landscape("interpolate", out / "plain.pt", out / "ema.pt", *own(project), "--range", "0:1:2", "--split",
-                 "test", "-o", out / "recompute.h5", cwd=project))
+                 "test", "--bn-batch", "1000000", "-o", out / "recompute.h5", cwd=project))
     (x, _), (xt, yt) = mydata.splits(str(out / "mnist1d_user.npz"))
     model = mymodels.net()
     model.load_state_dict(torch.load(out / "plain.pt", weights_only=True))
-    # The engine's BN pass: batches of --batch-size (2048) over the whole train split.
-    torch.optim.swa_utils.update_bn([(x[i : i + 2048],) for i in range(0, len(x), 2048)], model)
+    # One group of the whole train split (--bn-batch above): update_bn's statistics exactly.
+    torch.optim.swa_utils.update_bn([(x,)], model)
     loss, _ = reference_loss(model, model.state_dict(), xt, yt)
     assert load_result(out / "recompute.h5").metrics["test"]["loss"][0] == pytest.approx(loss, rel=1e-5)
 

@@ -70,6 +70,9 @@ def run(tmp_path_factory):
     return root
 
 
+ONE_GROUP = 10**9  # bn_batch: BatchNorm statistics from the whole train split as one group
+
+
 def opts(**kw) -> AnalysisOptions:
     # The checkpoints name this module's factory: read only when the caller names it too.
     return AnalysisOptions(**{"splits": ("train",), "subset": SUBSET, "device": "cpu", "model": FACTORY, **kw})
@@ -83,7 +86,9 @@ def dense(path, bn_recompute: bool = True):
     data = load_dataset(**ckpt.data)
     split = data.train.subset(SUBSET, 0)
     if bn_recompute and any(isinstance(m, nn.BatchNorm1d) for m in model.modules()):
-        recompute_bn(model, data.train.subset(SUBSET, 0).x, 2048)
+        # The statistics come from the whole train split, never the scoring subset, in one
+        # group here (the analyses are run with bn_batch=ONE_GROUP): update_bn's definition.
+        recompute_bn(model, data.train.x, len(data.train))
     model = model.double().eval()
     x, y = split.x.double(), split.y
     names = [n for n, _ in model.named_parameters()]
@@ -171,7 +176,7 @@ def test_batchnorm_statistics_are_recomputed(tmp_path):
     ckpt = make_checkpoint(tmp_path / "bn.pt", 3, bn=True)
     so = SharpnessOptions(top_k=1, tol=1e-6, lanczos_steps=120, sam=False)
     kept = load_result(sharpness(ckpt, tmp_path / "keep.h5", so, opts(bn="keep")))
-    recomputed = load_result(sharpness(ckpt, tmp_path / "re.h5", so, opts()))
+    recomputed = load_result(sharpness(ckpt, tmp_path / "re.h5", so, opts(bn_batch=ONE_GROUP)))
     for result, recompute in ((recomputed, True), (kept, False)):
         *_, h, loss, _ = dense(ckpt, bn_recompute=recompute)
         assert float(result.extra["eigenvalues"][0]) == pytest.approx(float(torch.linalg.eigvalsh(h)[-1]), rel=1e-4)
