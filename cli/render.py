@@ -63,7 +63,9 @@ def report(
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory")] = Path("runs/demo"),
     report_path: Annotated[Path, typer.Option("--report", help="Where the HTML report goes")] = Path("report.html"),
-    epochs: Annotated[int, typer.Option(help="Training epochs")] = 20,
+    epochs: Annotated[Optional[int], typer.Option(
+        help="Training epochs (default: the demo's setting, 30; SWA averages from the epoch after the first "
+             "LR phase)", show_default=False)] = None,
     runtime: Runtime = Runtime(),
     open_: Open = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary instead of tables")] = False,
@@ -75,8 +77,8 @@ def demo(
     display = err_console if as_json else console
     on_interrupt(lambda: f"interrupted; what is finished is kept in {out}: run the same command again to continue")
     with TrainProgress(display) as progress, PointProgress("analyses", display) as points:
-        summary = run_demo(out, report_path, epochs=epochs, device=runtime.device, train_progress=progress,
-                           point_progress=points)
+        summary = run_demo(out, report_path, device=runtime.device, train_progress=progress,
+                           point_progress=points, **({"epochs": epochs} if epochs is not None else {}))
     if as_json:
         print_json({
             "training": {r.name: {"directory": str(r.directory), **r.final} for r in summary.training},
