@@ -197,6 +197,7 @@ def metrics_figure(run_dir: str | os.PathLike) -> go.Figure:
             continue
         name, color = esc(d.name), PALETTE[i % len(PALETTE)]
         epoch = _gaps([_num(row.get("epoch")) for row in rows])
+        cut = 2 / 3 * max((e for e in epoch if e is not None), default=0.0)  # the last third of the epochs
 
         def col(key: str, scale: float = 1.0) -> list | None:
             vals = [row.get(key) for row in rows]
@@ -217,7 +218,6 @@ def metrics_figure(run_dir: str | os.PathLike) -> go.Figure:
                     continue
                 label = f"{name} (averaged)" if averaged else name
                 if r_ == 2:
-                    cut = np.nanmax(np.asarray(epoch, dtype=np.float64)) * 2 / 3 if len(rows) else 0.0
                     late[c_] += [y for e, y in zip(epoch, ys) if e is not None and y is not None and e >= cut]
                 fig.add_trace(go.Scatter(
                     x=epoch, y=ys, mode="lines+markers" if len(rows) <= 40 else "lines", name=label,

@@ -25,7 +25,7 @@ def describe(result: Any) -> tuple[str, str]:
         return analysis or "result", ""
     try:
         return describer(result)
-    except (KeyError, IndexError, TypeError, ValueError):  # a malformed file: the figure says why
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError):  # malformed: the figure says why
         return TITLES.get(analysis, analysis), ""
 
 
