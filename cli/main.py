@@ -5,7 +5,7 @@ non-zero exit (2); so do the machine's own limits, wherever they strike: a file 
 be written (full disk, read-only, no permission), memory running out (exit 1). Ctrl-C prints
 what was kept and how to go on (exit 130). Anything else is a bug and keeps its traceback.
 Every message prints user text literally (no rich markup, no emoji codes). Commands live in
-their own modules (train, analyses, sharpness, compare, render); the options several of
+their own modules (train, analyses, sharpness, compare, render, reproduce); the options several of
 them share are declared once in cli/options.py.
 """
 
