@@ -105,7 +105,7 @@ def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
         tmp = new_temp(path)
         try:
             write(tmp)
-            _fsync(tmp)  # the rename must not reach the disk before the data do
+            fsync(tmp)  # the rename must not reach the disk before the data do
             os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
@@ -134,7 +134,8 @@ def append_line(path: PathLike, line: str) -> None:
             os.close(fd)
 
 
-def _fsync(path: Path) -> None:
+def fsync(path: Path) -> None:
+    """Flush a file's data to the disk (before a rename makes it visible)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -384,14 +384,6 @@ def _gb(n: int) -> str:
     return f"{n / 1e9:.1f} GB"
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 # ----------------------------------------------------------------------------- writer
 
 class ResultWriter:
@@ -666,7 +658,7 @@ class ResultWriter:
                     self._h5.close()
                 self._h5 = None
             with files.writing(self.path):
-                _fsync(self.partial)  # the rename must not land before the data does
+                files.fsync(self.partial)  # the rename must not land before the data does
                 os.replace(self.partial, self.path)
         finally:
             self.close()  # releases the lock

@@ -22,14 +22,14 @@ from landscape.analyses import AnalysisOptions, interpolate
 from landscape.analyses.common import engine_for
 from landscape.batchnorm import BN_BATCH, group_bounds, recompute_statistics
 from landscape.checkpoint import save_checkpoint
-from landscape.data import Dataset, Split, load_dataset
+from landscape.data import Dataset
 from landscape.engine import Engine
 from landscape.errors import UserError
 from landscape.evaluate import evaluate
 from landscape.models import build_model
 from landscape.store import load_result
+from tests.test_engine import SMALL, images, mnist1d  # noqa: F401 (the same small datasets, as fixtures)
 
-SMALL = {"num_train": 384, "num_test": 256}
 CNN_BN = {"name": "cnn1d", "kwargs": {"num_classes": 10, "input_shape": [1, 40], "channels": 16, "bn": True}}
 IMG_BN = {"name": "tests.test_engine:small_bn_cnn", "kwargs": {"num_classes": 5, "input_shape": [3, 8, 8]}}
 INPUT_BN = {"name": "tests.test_batchnorm:input_bn_net", "kwargs": {"num_classes": 10, "input_shape": [1, 40]}}
@@ -44,23 +44,6 @@ def input_bn_net(*, num_classes: int, input_shape) -> nn.Module:
     return nn.Sequential(
         nn.BatchNorm1d(c), nn.Conv1d(c, 8, 5), nn.BatchNorm1d(8, affine=False), nn.ReLU(), nn.Flatten(),
         nn.Linear(8 * (length - 4), 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, num_classes))
-
-
-@pytest.fixture(scope="module")
-def mnist1d() -> Dataset:
-    return load_dataset("mnist1d", **SMALL)
-
-
-@pytest.fixture(scope="module")
-def images() -> Dataset:
-    gen = torch.Generator().manual_seed(0)
-
-    def split(n: int) -> Split:
-        y = torch.randint(0, 5, (n,), generator=gen)
-        x = torch.randn(n, 3, 8, 8, generator=gen) + y.view(-1, 1, 1, 1).float() * 0.3
-        return Split(x, y)
-
-    return Dataset("toy-images", split(200), split(120), 5, (3, 8, 8), "none", {"name": "toy-images"})
 
 
 def case(name: str, mnist1d: Dataset, images: Dataset) -> tuple[dict, Dataset]:
